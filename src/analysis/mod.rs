@@ -1,0 +1,143 @@
+//! Per-connection facts derived from the tracked states: handshake, close, reset and
+//! TIME_WAIT accounting. Reports and tests read these, never the raw records.
+
+use serde::Serialize;
+
+use crate::flow::Connection;
+use crate::flow::conn::{Handshake, Side, TimeWaitEnd};
+use crate::time::Ts;
+
+fn secs(ts: Ts) -> f64 {
+    // Microsecond precision, as captures record it; avoids float noise like .30000000001.
+    (ts.0 as f64 / 1e3).round() / 1e6
+}
+
+fn dur(from: Ts, to: Ts) -> f64 {
+    (to.since(from).0 as f64 / 1e3).round() / 1e6
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ConnSummary {
+    pub id: u64,
+    pub client: String,
+    pub server: String,
+    /// No SYN or SYN-ACK told which side opened: the direction is a guess from the ports.
+    pub direction_guessed: bool,
+    /// The capture missed the start of the connection.
+    pub partial: bool,
+    pub start: f64,
+    pub end: f64,
+    pub duration: f64,
+    pub client_state: &'static str,
+    pub server_state: &'static str,
+    /// A state reached by a timeout inferred from silence rather than shown by a packet.
+    pub client_state_inferred: bool,
+    pub server_state_inferred: bool,
+    pub handshake: &'static str,
+    pub syn_to_synack: Option<f64>,
+    pub synack_to_ack: Option<f64>,
+    pub handshake_time: Option<f64>,
+    pub syn_retransmits: u32,
+    pub synack_retransmits: u32,
+    /// "client", "server", "simultaneous" (crossed FINs), or null.
+    pub first_closer: Option<&'static str>,
+    pub first_fin_time: Option<f64>,
+    /// From the first FIN to the second (or to the end of the capture if it never came).
+    pub half_close_duration: Option<f64>,
+    pub half_close_open_at_end: bool,
+    pub reset_by: Option<&'static str>,
+    pub reset_time: Option<f64>,
+    pub reset_sender_state: Option<&'static str>,
+    pub reset_receiver_state: Option<&'static str>,
+    pub client_time_wait_start: Option<f64>,
+    pub client_time_wait_duration: Option<f64>,
+    pub client_time_wait_end: Option<&'static str>,
+    pub server_time_wait_start: Option<f64>,
+    pub server_time_wait_duration: Option<f64>,
+    pub server_time_wait_end: Option<&'static str>,
+    pub client_packets: u64,
+    pub server_packets: u64,
+    pub client_bytes: u64,
+    pub server_bytes: u64,
+    pub fin_retransmits: u32,
+    pub rst_out_of_window: u32,
+    pub rst_in_window_not_exact: u32,
+    pub unexplained_segments: u32,
+    pub packets_after_close: u32,
+}
+
+pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
+    let client = c.end(Side::Client);
+    let server = c.end(Side::Server);
+    let end = c.superseded_at.unwrap_or(c.last).max(c.last);
+    let syn = client.syn_first;
+    let synack = c.synack_first;
+    let done = c.handshake_done;
+    let fins: Vec<Ts> = {
+        let mut v: Vec<Ts> = [client.fin_time, server.fin_time].into_iter().flatten().collect();
+        v.sort();
+        v
+    };
+    let first_closer = if c.crossed_fins {
+        Some("simultaneous")
+    } else {
+        c.first_closer().map(Side::name)
+    };
+    let half_close = match fins.as_slice() {
+        [a, b] => Some((dur(*a, *b), false)),
+        [a] if c.reset.is_none() => Some((dur(*a, end_of_capture.max(*a)), true)),
+        [a] => Some((dur(*a, c.reset.map_or(*a, |r| r.ts)), false)),
+        _ => None,
+    };
+    let tw = |side: Side| {
+        c.end(side).time_wait.map(|tw| {
+            let (until, why) = tw.end.unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));
+            (secs(tw.start), dur(tw.start, until), why.name())
+        })
+    };
+    let (ctw, stw) = (tw(Side::Client), tw(Side::Server));
+    let handshake = c.handshake();
+    ConnSummary {
+        id: c.id,
+        client: client.addr.to_string(),
+        server: server.addr.to_string(),
+        direction_guessed: c.direction_guessed,
+        partial: c.partial,
+        start: secs(c.start),
+        end: secs(end),
+        duration: dur(c.start, end),
+        client_state: client.state.name(),
+        server_state: server.state.name(),
+        client_state_inferred: client.inferred,
+        server_state_inferred: server.inferred,
+        handshake: handshake.name(),
+        syn_to_synack: syn.zip(synack).map(|(a, b)| dur(a, b)),
+        synack_to_ack: synack.zip(done).map(|(a, b)| dur(a, b)),
+        handshake_time: if handshake == Handshake::Completed { syn.zip(done).map(|(a, b)| dur(a, b)) } else { None },
+        syn_retransmits: client.syn_retransmits(),
+        synack_retransmits: server.syn_retransmits(),
+        first_closer,
+        first_fin_time: fins.first().map(|t| secs(*t)),
+        half_close_duration: half_close.map(|h| h.0),
+        half_close_open_at_end: half_close.is_some_and(|h| h.1),
+        reset_by: c.reset.map(|r| r.by.name()),
+        reset_time: c.reset.map(|r| secs(r.ts)),
+        reset_sender_state: c.reset.map(|r| r.sender_state.name()),
+        reset_receiver_state: c.reset.map(|r| r.receiver_state.name()),
+        client_time_wait_start: ctw.map(|t| t.0),
+        client_time_wait_duration: ctw.map(|t| t.1),
+        client_time_wait_end: ctw.map(|t| t.2),
+        server_time_wait_start: stw.map(|t| t.0),
+        server_time_wait_duration: stw.map(|t| t.1),
+        server_time_wait_end: stw.map(|t| t.2),
+        client_packets: client.packets,
+        server_packets: server.packets,
+        client_bytes: client.bytes,
+        server_bytes: server.bytes,
+        fin_retransmits: client.fin_retransmits + server.fin_retransmits,
+        rst_out_of_window: c.anomalies.rst_out_of_window,
+        rst_in_window_not_exact: c.anomalies.rst_in_window_not_exact,
+        unexplained_segments: c.anomalies.unexplained,
+        packets_after_close: c.anomalies.after_close,
+    }
+}

@@ -1,0 +1,205 @@
+//! Reading pcap and pcapng files with `pcap-parser`: records are borrowed from one
+//! growing buffer, so a file is read with large sequential reads and no copy per packet.
+
+use std::fs::File;
+use std::io::Read;
+use std::ops::ControlFlow;
+
+use pcap_parser::pcapng::Block;
+use pcap_parser::traits::PcapNGPacketBlock;
+use pcap_parser::{PcapBlockOwned, PcapError};
+
+use super::{CaptureError, CaptureErrorKind, ContainerCounters, PacketFn, RawPacket};
+use crate::decode::LinkType;
+use crate::time::Ts;
+
+const BUFFER_BYTES: usize = 1 << 20;
+/// No record may be larger than this: pcapng blocks of a few MiB exist, gigabytes do not.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// Interface facts from a pcapng Interface Description Block.
+#[derive(Clone, Copy)]
+struct Interface {
+    linktype: i32,
+    /// Timestamp units per second.
+    units_per_sec: u64,
+    offset_secs: i64,
+}
+
+/// Reads the named files in order as one capture (`-` is standard input), handing every
+/// packet to `on_packet`. Stops at the first fault, after everything before it was handed over.
+pub fn read_files(
+    paths: &[String],
+    counters: &mut ContainerCounters,
+    on_packet: &mut PacketFn<'_>,
+) -> Result<(), CaptureError> {
+    for path in paths {
+        let err = |kind| CaptureError { source: path.clone(), kind };
+        let input: Box<dyn Read + Send> = if path == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(File::open(path).map_err(|e| err(CaptureErrorKind::Open(e.to_string())))?)
+        };
+        let display = if path == "-" { "<stdin>".to_string() } else { path.clone() };
+        if read_one(&display, input, counters, on_packet)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn read_one(
+    source: &str,
+    mut input: Box<dyn Read + Send>,
+    counters: &mut ContainerCounters,
+    on_packet: &mut PacketFn<'_>,
+) -> Result<ControlFlow<()>, CaptureError> {
+    let err = |kind| CaptureError { source: source.to_string(), kind };
+    // Peek enough to tell a capture from anything else, with a message that shows what it is.
+    let mut head = Vec::with_capacity(64);
+    (&mut input)
+        .take(64)
+        .read_to_end(&mut head)
+        .map_err(|e| err(CaptureErrorKind::Read(e.to_string())))?;
+    if head.is_empty() {
+        return Err(err(CaptureErrorKind::Empty));
+    }
+    let magic = head.get(0..4).map(|m| [m[0], m[1], m[2], m[3]]);
+    let known = matches!(
+        magic,
+        Some([0x0a, 0x0d, 0x0d, 0x0a])
+            | Some([0xd4, 0xc3, 0xb2, 0xa1])
+            | Some([0xa1, 0xb2, 0xc3, 0xd4])
+            | Some([0x4d, 0x3c, 0xb2, 0xa1])
+            | Some([0xa1, 0xb2, 0x3c, 0x4d])
+    );
+    if !known {
+        return Err(err(CaptureErrorKind::NotACapture { first_bytes: head.into_iter().take(8).collect() }));
+    }
+    let header_len = if magic == Some([0x0a, 0x0d, 0x0d, 0x0a]) { 28 } else { 24 };
+    if head.len() < header_len {
+        return Err(err(CaptureErrorKind::Truncated { offset: 0, packets: 0 }));
+    }
+    let chained: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head).chain(input));
+    let mut reader = pcap_parser::create_reader(BUFFER_BYTES, chained).map_err(|e| match e {
+        PcapError::HeaderNotRecognized => err(CaptureErrorKind::NotACapture { first_bytes: Vec::new() }),
+        PcapError::Incomplete(_) | PcapError::UnexpectedEof | PcapError::Eof => {
+            err(CaptureErrorKind::Truncated { offset: 0, packets: 0 })
+        }
+        other => err(CaptureErrorKind::Corrupt { offset: 0, packets: 0, why: format!("{other:?}") }),
+    })?;
+
+    let mut packets: u64 = 0;
+    let mut legacy: Option<(i32, bool, u32)> = None; // linktype, nanosecond, snaplen
+    let mut interfaces: Vec<Interface> = Vec::new();
+    let mut capacity = BUFFER_BYTES;
+    loop {
+        let offset = reader.consumed() as u64;
+        match reader.next() {
+            Ok((len, block)) => {
+                let mut flow = ControlFlow::Continue(());
+                match block {
+                    PcapBlockOwned::LegacyHeader(h) => {
+                        let linktype = h.network.0;
+                        if LinkType::from_linktype(linktype).is_none() {
+                            return Err(err(CaptureErrorKind::UnsupportedLinkType { linktype }));
+                        }
+                        legacy = Some((linktype, h.is_nanosecond_precision(), h.snaplen));
+                    }
+                    PcapBlockOwned::Legacy(b) => {
+                        let (linktype, nanos, snaplen) = legacy.unwrap_or((1, false, 0));
+                        if snaplen != 0 && b.caplen > snaplen.max(262_144) {
+                            counters.caplen_over_snaplen += 1;
+                        }
+                        let frac = if nanos { i64::from(b.ts_usec) } else { i64::from(b.ts_usec) * 1000 };
+                        packets += 1;
+                        flow = on_packet(&RawPacket {
+                            ts: Ts::from_parts(i64::from(b.ts_sec), frac),
+                            linktype,
+                            data: b.data,
+                            orig_len: b.origlen,
+                        });
+                    }
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        let linktype = idb.linktype.0;
+                        if LinkType::from_linktype(linktype).is_none() {
+                            return Err(err(CaptureErrorKind::UnsupportedLinkType { linktype }));
+                        }
+                        let units_per_sec = idb.ts_resolution().ok_or_else(|| {
+                            err(CaptureErrorKind::Corrupt {
+                                offset,
+                                packets,
+                                why: format!("invalid timestamp resolution {}", idb.if_tsresol),
+                            })
+                        })?;
+                        interfaces.push(Interface { linktype, units_per_sec, offset_secs: idb.ts_offset() });
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        match interfaces.get(epb.if_id as usize) {
+                            Some(iface) => {
+                                let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
+                                let units = iface.units_per_sec.max(1);
+                                let secs = (raw / units) as i64 + iface.offset_secs;
+                                let nanos = (u128::from(raw % units) * 1_000_000_000 / u128::from(units)) as i64;
+                                packets += 1;
+                                flow = on_packet(&RawPacket {
+                                    ts: Ts::from_parts(secs, nanos),
+                                    linktype: iface.linktype,
+                                    data: epb.packet_data(),
+                                    orig_len: epb.origlen,
+                                });
+                            }
+                            None => counters.unknown_interface += 1,
+                        }
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(spb)) => match interfaces.first() {
+                        // No timestamp in a Simple Packet Block: the engine keeps its clock.
+                        Some(iface) => {
+                            packets += 1;
+                            flow = on_packet(&RawPacket {
+                                ts: Ts::UNKNOWN,
+                                linktype: iface.linktype,
+                                data: spb.packet_data(),
+                                orig_len: spb.origlen,
+                            });
+                        }
+                        None => counters.unknown_interface += 1,
+                    },
+                    PcapBlockOwned::NG(_) => counters.skipped_blocks += 1,
+                }
+                reader.consume(len);
+                if flow.is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            Err(PcapError::Eof) => return Ok(ControlFlow::Continue(())),
+            Err(PcapError::Incomplete(_)) => {
+                reader.refill().map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
+            }
+            Err(PcapError::BufferTooSmall) => {
+                if capacity >= MAX_RECORD_BYTES {
+                    return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
+                }
+                capacity *= 4;
+                reader.grow(capacity);
+                reader.refill().map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
+            }
+            Err(PcapError::UnexpectedEof) => {
+                return Err(err(CaptureErrorKind::Truncated { offset, packets }));
+            }
+            Err(PcapError::ReadError) => {
+                return Err(err(CaptureErrorKind::Read("I/O error".into())));
+            }
+            Err(e) => {
+                let why = match e {
+                    PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+                        format!("unparsable block ({})", kind.description())
+                    }
+                    other => format!("{other:?}"),
+                };
+                return Err(err(CaptureErrorKind::Corrupt { offset, packets, why }));
+            }
+        }
+    }
+}

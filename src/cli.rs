@@ -1,0 +1,197 @@
+//! Command-line interface: argument parsing, running a command, exit codes.
+
+use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::analysis::summarize;
+use crate::capture::filter::PacketFilter;
+use crate::capture::{ContainerCounters, file};
+use crate::flow::EngineConfig;
+use crate::pipeline::{Engine, Outcome};
+use crate::report::{self, conns, states};
+use crate::time::{Dur, Ts, parse_time_arg};
+
+/// Exit statuses, also listed in `--help` and the README.
+pub mod exit {
+    /// Everything read and reported.
+    pub const OK: i32 = 0;
+    /// An input could not be read to its end (not a capture, truncated, corrupt, unsupported
+    /// link type, cannot open): what was read before the fault is still reported.
+    pub const INPUT_ERROR: i32 = 1;
+    /// Bad command line (unknown option, invalid filter or time).
+    pub const USAGE: i32 = 2;
+}
+
+const EXIT_CODES_HELP: &str = "Exit status: 0 all input read and reported; 1 an input could not be read to its end (what was read before the fault is still reported); 2 bad command line.";
+
+#[derive(Parser, Debug)]
+#[command(name = "tcpstate", version, about = "netstat for a capture: follows every TCP connection in packet captures and tells what state each side is in, and why.", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One row per connection: handshake, who closed or reset, TIME_WAIT, final states.
+    Conns(ConnsArgs),
+    /// What `ss -tan` would have shown at the end of the capture (or at --at), and the count per state.
+    States(StatesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// Capture file (pcap or pcapng); repeat for rotated files, read in order as one capture; `-` is standard input.
+    #[arg(short = 'r', long = "read", value_name = "FILE", required = true)]
+    pub files: Vec<String>,
+    /// TIME_WAIT length in seconds (2MSL; Linux: 60).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub time_wait: f64,
+    /// Don't print the packet counters on standard error.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// A tcpdump filter expression, e.g. `port 443`.
+    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub filter: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnsArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct StatesArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Show the states at this time: RFC 3339, epoch seconds, or +SECS from the capture start.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub at: Option<String>,
+    /// Only the sockets of this host (address, or address:port), as if `ss` ran there.
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// Also list CLOSED endpoints.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// An error that ends the run with a status.
+pub struct Failure {
+    pub status: i32,
+    pub message: String,
+}
+
+fn usage(message: String) -> Failure {
+    Failure { status: exit::USAGE, message }
+}
+
+/// Runs the engine over the inputs. Returns the outcome and, if reading stopped early, why.
+fn run_engine(
+    input: &InputArgs,
+    stop_at: Option<&str>,
+) -> Result<(Outcome, ContainerCounters, Option<String>), Failure> {
+    if !(input.time_wait.is_finite() && input.time_wait >= 0.0) {
+        return Err(usage(format!("--time-wait {}: expected seconds >= 0", input.time_wait)));
+    }
+    let filter = if input.filter.is_empty() {
+        None
+    } else {
+        Some(PacketFilter::new(&input.filter.join(" ")).map_err(usage)?)
+    };
+    let cfg = EngineConfig { time_wait: Dur::from_secs_f64(input.time_wait) };
+    // Absolute times are known before reading; relative ones need the first packet.
+    let mut stop = None;
+    let mut relative = None;
+    if let Some(at) = stop_at {
+        if at.trim_start().starts_with('+') {
+            relative = Some(at.to_string());
+        } else {
+            stop = Some(parse_time_arg(at, None).map_err(usage)?);
+        }
+    }
+    if let Some(rel) = &relative {
+        // Validate the number now; resolve against the first packet below.
+        parse_time_arg(rel, Some(Ts(0))).map_err(usage)?;
+    }
+    let mut engine = Engine::new(cfg).with_filter(filter).stop_after(stop);
+    let mut container = ContainerCounters::default();
+    let mut relative = relative;
+    let result = file::read_files(&input.files, &mut container, &mut |pkt| {
+        if let Some(rel) = relative.take() {
+            if let Ok(at) = parse_time_arg(&rel, Some(pkt.ts)) {
+                engine.set_stop_after(at);
+            }
+        }
+        engine.process(pkt);
+        ControlFlow::Continue(())
+    });
+    let fault = result.err().map(|e| e.to_string());
+    Ok((engine.finish(), container, fault))
+}
+
+fn write_out(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Failure> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let res = f(&mut out).and_then(|_| out.flush());
+    match res {
+        Ok(()) => Ok(()),
+        // The reader went away (`| head`): stop quietly, as ripgrep does.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure { status: exit::INPUT_ERROR, message: format!("writing output: {e}") }),
+    }
+}
+
+fn report_counters(quiet: bool, outcome: &Outcome, container: &ContainerCounters) {
+    if !quiet {
+        let _ = report::write_counters(&mut io::stderr().lock(), outcome, container);
+    }
+}
+
+fn finish_status(fault: Option<String>) -> Result<(), Failure> {
+    match fault {
+        Some(message) => Err(Failure { status: exit::INPUT_ERROR, message }),
+        None => Ok(()),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Conns(args) => {
+            let (outcome, container, fault) = run_engine(&args.input, None)?;
+            let end = outcome.end_ts.unwrap_or_default();
+            let rows: Vec<_> = outcome.connections.iter().map(|c| summarize(c, end)).collect();
+            let start = outcome.first_ts.map(|t| t.as_secs_f64());
+            write_out(|out| match args.format {
+                Format::Text => conns::write_table(out, &rows, start),
+                Format::Json => conns::write_json(out, &rows),
+            })?;
+            report_counters(args.input.quiet, &outcome, &container);
+            finish_status(fault)
+        }
+        Command::States(args) => {
+            let host = args.host.as_deref().map(states::HostFilter::parse).transpose().map_err(usage)?;
+            let (outcome, container, fault) = run_engine(&args.input, args.at.as_deref())?;
+            let sel = states::Selection { all: args.all, host };
+            let rows = states::socket_rows(&outcome.connections, &sel);
+            write_out(|out| match args.format {
+                Format::Text => states::write_text(out, &rows),
+                Format::Json => states::write_json(out, &rows),
+            })?;
+            report_counters(args.input.quiet, &outcome, &container);
+            finish_status(fault)
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! One TCP connection: two endpoint state machines driven by the segments each side sent.
+//!
+//! A segment from S to R is applied in this order: RST (nothing else in it counts), then
+//! what S's sending says about S (SYN, SYN-ACK, FIN), then what R receives (the ACK of its
+//! SYN or FIN, the FIN). Receiving is taken to happen when the capture saw the packet, which
+//! is exact on the host that captured and close to it elsewhere; where a later packet
+//! proves otherwise (a FIN that did not acknowledge the crossing FIN, a SYN-ACK sent again
+//! after its ACK) the state is corrected by an explicit event, never silently.
+
+use crate::decode::{Segment, SockAddr, flags};
+use crate::tcp::TcpState::{self, *};
+use crate::tcp::machine::{Event, next_state};
+use crate::tcp::seq::{self, RstVerdict};
+use crate::time::{Dur, Ts};
+
+/// Which end of the connection: the client sent the first SYN (or is guessed to have).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
+/// Settings the state machine's timers and inferences use.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// 2MSL: how long TIME_WAIT lasts (Linux: 60 s, fixed).
+    pub time_wait: Dur,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { time_wait: Dur::from_millis(60_000) }
+    }
+}
+
+/// How a TIME_WAIT ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeWaitEnd {
+    /// 2MSL passed.
+    Expired,
+    /// A new SYN took the 4-tuple over.
+    Reused,
+    /// An in-sequence RST killed it (Linux's TIME_WAIT assassination).
+    Reset,
+    /// The capture ended first: the duration is a lower bound.
+    CaptureEnded,
+}
+
+impl TimeWaitEnd {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeWaitEnd::Expired => "expired",
+            TimeWaitEnd::Reused => "reused",
+            TimeWaitEnd::Reset => "reset",
+            TimeWaitEnd::CaptureEnded => "capture_ended",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWait {
+    pub start: Ts,
+    pub end: Option<(Ts, TimeWaitEnd)>,
+}
+
+/// One recorded state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub ts: Ts,
+    pub conn_id: u64,
+    pub side: Side,
+    pub from: TcpState,
+    pub to: TcpState,
+    pub event: Event,
+    /// Number of the packet (1-based, over all input) that caused it; 0 for timers.
+    pub packet: u64,
+}
+
+/// What is known of one endpoint.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SockAddr,
+    pub state: TcpState,
+    pub state_since: Ts,
+    /// Initial sequence number, from its SYN or SYN-ACK.
+    pub isn: Option<u32>,
+    /// One past the highest sequence number it has sent (SYN and FIN count one each).
+    pub snd_nxt: Option<u32>,
+    /// First sequence number seen from it, for byte counts of connections picked up mid-stream.
+    pub first_seq: Option<u32>,
+    /// Sequence number its FIN occupies.
+    pub fin_seq: Option<u32>,
+    pub fin_time: Option<Ts>,
+    /// Last window it advertised, unscaled, and its window-scale option.
+    pub window: u16,
+    pub wscale: Option<u8>,
+    /// SYN or SYN-ACK sends: first and last time and count.
+    pub syn_first: Option<Ts>,
+    pub syn_last: Option<Ts>,
+    pub syn_prev: Option<Ts>,
+    pub syn_count: u32,
+    pub fin_retransmits: u32,
+    pub packets: u64,
+    /// Payload bytes it sent, counted by sequence space so retransmissions count once.
+    pub bytes: u64,
+    pub time_wait: Option<TimeWait>,
+    /// Its state changed by an inference (a timeout no packet shows), not by a packet.
+    pub inferred: bool,
+}
+
+impl Endpoint {
+    fn new(addr: SockAddr, state: TcpState, ts: Ts) -> Endpoint {
+        Endpoint {
+            addr,
+            state,
+            state_since: ts,
+            isn: None,
+            snd_nxt: None,
+            first_seq: None,
+            fin_seq: None,
+            fin_time: None,
+            window: 0,
+            wscale: None,
+            syn_first: None,
+            syn_last: None,
+            syn_prev: None,
+            syn_count: 0,
+            fin_retransmits: 0,
+            packets: 0,
+            bytes: 0,
+            time_wait: None,
+            inferred: false,
+        }
+    }
+
+    /// Retransmissions of its SYN (or SYN-ACK).
+    pub fn syn_retransmits(&self) -> u32 {
+        self.syn_count.saturating_sub(1)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetInfo {
+    pub by: Side,
+    pub ts: Ts,
+    /// State of the resetting side just before it reset.
+    pub sender_state: TcpState,
+    /// State of the side that received the reset.
+    pub receiver_state: TcpState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// SYN, SYN-ACK and the ACK completing it were all seen.
+    Completed,
+    /// The SYN was answered by a RST.
+    Refused,
+    /// No SYN-ACK or RST ever answered the SYN.
+    Unanswered,
+    /// A SYN-ACK was sent but the handshake never completed.
+    NotCompleted,
+    /// No SYN seen: the capture started mid-connection.
+    NotSeen,
+}
+
+impl Handshake {
+    pub fn name(self) -> &'static str {
+        match self {
+            Handshake::Completed => "completed",
+            Handshake::Refused => "refused",
+            Handshake::Unanswered => "unanswered",
+            Handshake::NotCompleted => "not_completed",
+            Handshake::NotSeen => "not_seen",
+        }
+    }
+}
+
+/// Counters of segments the model could not use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnAnomalies {
+    pub rst_out_of_window: u32,
+    pub rst_in_window_not_exact: u32,
+    /// Segments the state table had no rule for in the endpoint's state.
+    pub unexplained: u32,
+    /// Segments seen after both sides had closed (late retransmissions, stray ACKs).
+    pub after_close: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub id: u64,
+    /// [client, server]
+    pub ends: [Endpoint; 2],
+    /// The capture did not see its first SYN.
+    pub partial: bool,
+    /// Which side is the client was guessed (no SYN or SYN-ACK to tell).
+    pub direction_guessed: bool,
+    pub start: Ts,
+    pub last: Ts,
+    pub synack_first: Option<Ts>,
+    pub handshake_done: Option<Ts>,
+    pub refused: bool,
+    pub crossed_fins: bool,
+    pub reset: Option<ResetInfo>,
+    pub anomalies: ConnAnomalies,
+    /// Ended because a new connection took over its 4-tuple.
+    pub superseded_at: Option<Ts>,
+}
+
+/// A place to send transitions when someone wants them (`events`); `None` costs nothing.
+pub type TransitionSink<'a> = Option<&'a mut Vec<Transition>>;
+
+impl Connection {
+    /// A connection whose first packet is `seg`. Direction: the sender of a SYN is the client,
+    /// the sender of a SYN-ACK the server; otherwise guessed from the ports.
+    pub fn new(id: u64, seg: &Segment, ts: Ts) -> Connection {
+        let syn = seg.has(flags::SYN);
+        let ack = seg.has(flags::ACK);
+        let (client, server, partial, guessed) = if syn && !ack {
+            (seg.src, seg.dst, false, false)
+        } else if syn && ack {
+            (seg.dst, seg.src, true, false)
+        } else if sender_looks_like_server(seg.src.port, seg.dst.port) {
+            (seg.dst, seg.src, true, true)
+        } else {
+            (seg.src, seg.dst, true, true)
+        };
+        let (client_state, server_state) = if syn && !ack {
+            (Closed, Listen)
+        } else if syn {
+            // The client's SYN was missed: it is waiting for this SYN-ACK.
+            (SynSent, Listen)
+        } else {
+            // Picked up mid-stream: both open until packets say otherwise.
+            (Established, Established)
+        };
+        Connection {
+            id,
+            ends: [Endpoint::new(client, client_state, ts), Endpoint::new(server, server_state, ts)],
+            partial,
+            direction_guessed: guessed,
+            start: ts,
+            last: ts,
+            synack_first: None,
+            handshake_done: None,
+            refused: false,
+            crossed_fins: false,
+            reset: None,
+            anomalies: ConnAnomalies::default(),
+            superseded_at: None,
+        }
+    }
+
+    pub fn side_of(&self, addr: SockAddr) -> Side {
+        if self.ends[0].addr == addr { Side::Client } else { Side::Server }
+    }
+
+    pub fn end(&self, side: Side) -> &Endpoint {
+        &self.ends[side.index()]
+    }
+
+    /// Both sides are done with the 4-tuple, as far as packets show.
+    pub fn is_over(&self) -> bool {
+        self.ends.iter().all(|e| matches!(e.state, Closed | TimeWait | Listen))
+    }
+
+    pub fn handshake(&self) -> Handshake {
+        if self.handshake_done.is_some() {
+            Handshake::Completed
+        } else if self.refused {
+            Handshake::Refused
+        } else if self.synack_first.is_some() {
+            Handshake::NotCompleted
+        } else if self.ends[0].syn_first.is_some() {
+            Handshake::Unanswered
+        } else {
+            Handshake::NotSeen
+        }
+    }
+
+    /// The side whose FIN came first, if any.
+    pub fn first_closer(&self) -> Option<Side> {
+        match (self.ends[0].fin_time, self.ends[1].fin_time) {
+            (Some(c), Some(s)) => Some(if s < c { Side::Server } else { Side::Client }),
+            (Some(_), None) => Some(Side::Client),
+            (None, Some(_)) => Some(Side::Server),
+            (None, None) => None,
+        }
+    }
+
+    /// The single choke point for state changes: records the time, TIME_WAIT bookkeeping
+    /// and the transition.
+    fn set_state(
+        &mut self,
+        side: Side,
+        event: Event,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) -> bool {
+        let end = &mut self.ends[side.index()];
+        let Some(to) = next_state(end.state, event) else {
+            return false;
+        };
+        let from = end.state;
+        if from == to {
+            return true;
+        }
+        if from == TimeWait {
+            if let Some(tw) = end.time_wait.as_mut() {
+                let why = match event {
+                    Event::TimeWaitExpired => TimeWaitEnd::Expired,
+                    _ => TimeWaitEnd::Reset,
+                };
+                tw.end = Some((ts, why));
+            }
+        }
+        if to == TimeWait {
+            end.time_wait = Some(TimeWait { start: ts, end: None });
+        }
+        end.state = to;
+        end.state_since = ts;
+        end.inferred = matches!(event, Event::HandshakeGaveUp);
+        if let Some(sink) = sink.as_deref_mut() {
+            sink.push(Transition { ts, conn_id: self.id, side, from, to, event, packet });
+        }
+        true
+    }
+
+    /// Applies `event`, counting it as unexplained when the table has no rule for it.
+    fn apply(
+        &mut self,
+        side: Side,
+        event: Event,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) {
+        if !self.set_state(side, event, ts, packet, sink) {
+            self.anomalies.unexplained += 1;
+        }
+    }
+
+    /// Runs the timers up to `now`: TIME_WAIT expiry and handshake give-up.
+    pub fn advance_time(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+        for side in [Side::Client, Side::Server] {
+            let end = &self.ends[side.index()];
+            if end.state == TimeWait {
+                let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
+                let expiry = start.plus(cfg.time_wait);
+                if now >= expiry {
+                    self.set_state(side, Event::TimeWaitExpired, expiry, 0, sink);
+                }
+            } else if matches!(end.state, SynSent | SynRecv) {
+                if let Some(gave_up) = handshake_give_up_time(end) {
+                    if now >= gave_up {
+                        self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the record at the end of the capture: timers run to `now`, open TIME_WAITs are
+    /// marked as cut short.
+    pub fn finish(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+        self.advance_time(now, cfg, sink);
+        for end in &mut self.ends {
+            if let Some(tw) = end.time_wait.as_mut() {
+                if tw.end.is_none() {
+                    tw.end = Some((now, TimeWaitEnd::CaptureEnded));
+                }
+            }
+        }
+    }
+
+    /// A new connection took the 4-tuple over at `ts`: sockets still in TIME_WAIT end there.
+    pub fn supersede(&mut self, ts: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+        self.advance_time(ts, cfg, sink);
+        for side in [Side::Client, Side::Server] {
+            let end = &mut self.ends[side.index()];
+            if end.state == TimeWait {
+                if let Some(tw) = end.time_wait.as_mut() {
+                    tw.end = Some((ts, TimeWaitEnd::Reused));
+                }
+                let from = end.state;
+                end.state = Closed;
+                end.state_since = ts;
+                if let Some(sink) = sink.as_deref_mut() {
+                    sink.push(Transition {
+                        ts,
+                        conn_id: self.id,
+                        side,
+                        from,
+                        to: Closed,
+                        event: Event::TimeWaitExpired,
+                        packet: 0,
+                    });
+                }
+            }
+        }
+        self.superseded_at = Some(ts);
+    }
+
+    /// Feeds one segment sent by `from`.
+    pub fn on_segment(
+        &mut self,
+        seg: &Segment,
+        from: Side,
+        ts: Ts,
+        packet: u64,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) {
+        self.advance_time(ts, cfg, sink);
+        if self.is_over() && self.ends.iter().any(|e| e.packets > 0) && !seg.has(flags::SYN) {
+            self.anomalies.after_close += 1;
+        }
+        self.last = ts;
+        let s = from.index();
+        let r = from.other().index();
+        self.ends[s].packets += 1;
+
+        if seg.has(flags::RST) {
+            self.on_rst(seg, from, ts, packet, sink);
+            return;
+        }
+
+        let syn = seg.has(flags::SYN);
+        let ack = seg.has(flags::ACK);
+        if syn && !ack {
+            self.on_syn(seg, from, ts, packet, sink);
+        } else if syn {
+            self.on_synack(seg, from, ts, packet, sink);
+        }
+
+        // What the receiver learns from the ACK field: its SYN or FIN arrived.
+        if ack {
+            let r_end = &self.ends[r];
+            let acks_syn = !syn
+                && r_end.state == SynRecv
+                && r_end.isn.is_some_and(|isn| seq::le(isn.wrapping_add(1), seg.ack));
+            if acks_syn {
+                self.apply(from.other(), Event::RecvAckOfSyn, ts, packet, sink);
+                if from == Side::Client && self.handshake_done.is_none() {
+                    self.handshake_done = Some(ts);
+                }
+            }
+            let r_end = &self.ends[r];
+            let acks_fin = r_end.fin_seq.is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack));
+            if acks_fin && matches!(r_end.state, FinWait1 | Closing | LastAck) {
+                self.apply(from.other(), Event::RecvAckOfFin, ts, packet, sink);
+            }
+        }
+
+        // Sequence bookkeeping for the sender.
+        self.ends[s].window = seg.window;
+        if !syn {
+            let end = &mut self.ends[s];
+            let probe = !seg.has(flags::FIN)
+                && end.snd_nxt.is_some_and(|n| seq::is_probe(seg.seq, seg.payload_len, n));
+            if !probe {
+                let seg_end = seg.seq.wrapping_add(seg.seq_len());
+                match end.snd_nxt {
+                    Some(n) => {
+                        if seq::lt(n, seg_end) {
+                            let fin = seg.has(flags::FIN) as u32;
+                            let new_bytes = seg_end.wrapping_sub(n).saturating_sub(fin);
+                            end.bytes += u64::from(new_bytes.min(seg.payload_len));
+                            end.snd_nxt = Some(seg_end);
+                        }
+                    }
+                    None => {
+                        end.first_seq = Some(seg.seq);
+                        end.bytes += u64::from(seg.payload_len);
+                        end.snd_nxt = Some(seg_end);
+                    }
+                }
+            }
+        }
+
+        if seg.has(flags::FIN) {
+            self.on_fin(seg, from, ts, packet, sink);
+        }
+    }
+
+    fn on_syn(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+        let s = from.index();
+        {
+            let end = &mut self.ends[s];
+            note_syn_send(end, seg, ts);
+        }
+        self.apply(from, Event::SentSyn, ts, packet, sink);
+        // Simultaneous open: the receiver had sent its own SYN.
+        if self.ends[from.other().index()].state == SynSent {
+            self.apply(from.other(), Event::RecvSyn, ts, packet, sink);
+        }
+    }
+
+    fn on_synack(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+        let s = from.index();
+        let r = from.other().index();
+        let acceptable = self.ends[r].isn.is_none_or(|isn| isn.wrapping_add(1) == seg.ack);
+        if !acceptable {
+            self.anomalies.unexplained += 1;
+            return;
+        }
+        let resent_after_ack = self.ends[s].isn == Some(seg.seq)
+            && self.ends[s].state == Established
+            && self.ends[s].snd_nxt == Some(seg.seq.wrapping_add(1));
+        note_syn_send(&mut self.ends[s], seg, ts);
+        if resent_after_ack {
+            // The ACK we took as delivered never reached this side.
+            self.set_state(from, Event::ResentSynAck, ts, packet, sink);
+            if from == Side::Server {
+                self.handshake_done = None;
+            }
+        } else {
+            self.set_state(from, Event::SentSynAck, ts, packet, sink);
+        }
+        if from == Side::Server && self.synack_first.is_none() {
+            self.synack_first = Some(ts);
+        }
+        if self.ends[r].isn.is_none() {
+            // The SYN was missed: its sequence number is one below what this SYN-ACK acknowledges.
+            self.ends[r].isn = Some(seg.ack.wrapping_sub(1));
+            self.ends[r].snd_nxt = Some(seg.ack);
+        }
+        self.set_state(from.other(), Event::RecvSynAck, ts, packet, sink);
+        if from == Side::Client {
+            // A SYN-ACK from the client side can only be a simultaneous open.
+            self.direction_guessed = false;
+        }
+    }
+
+    fn on_fin(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+        let s = from.index();
+        let r = from.other().index();
+        let fin_seq = seg.seq.wrapping_add(seg.payload_len).wrapping_add(seg.has(flags::SYN) as u32);
+        if let Some(known) = self.ends[s].fin_seq {
+            if known == fin_seq {
+                self.ends[s].fin_retransmits += 1;
+                // A retransmitted FIN reaching TIME_WAIT restarts its 2MSL timer.
+                let r_end = &mut self.ends[r];
+                if r_end.state == TimeWait {
+                    r_end.state_since = ts;
+                    if let Some(tw) = r_end.time_wait.as_mut() {
+                        tw.start = ts;
+                    }
+                }
+            } else {
+                self.anomalies.unexplained += 1;
+            }
+            return;
+        }
+        self.ends[s].fin_seq = Some(fin_seq);
+        self.ends[s].fin_time = Some(ts);
+        // The FIN's ACK tells whether the sender had already received the peer's FIN.
+        let peer_fin = self.ends[r].fin_seq;
+        let crossed = peer_fin.is_some_and(|pf| {
+            !(seg.has(flags::ACK) && seq::le(pf.wrapping_add(1), seg.ack))
+        }) && self.ends[s].state == CloseWait;
+        if crossed {
+            self.crossed_fins = true;
+            self.apply(from, Event::SentFinCrossed, ts, packet, sink);
+        } else {
+            self.apply(from, Event::SentFin, ts, packet, sink);
+        }
+        if self.ends[r].state == FinWait1 && !self.ends[r].fin_seq.is_some_and(|f| {
+            seg.has(flags::ACK) && seq::le(f.wrapping_add(1), seg.ack)
+        }) {
+            self.crossed_fins = true;
+        }
+        self.apply(from.other(), Event::RecvFin, ts, packet, sink);
+    }
+
+    fn on_rst(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+        let r = from.other().index();
+        let s = from.index();
+        let r_end = &self.ends[r];
+        let verdict = match r_end.state {
+            // RFC 793: in SYN_SENT a RST is acceptable only if it acknowledges the SYN.
+            SynSent => {
+                let ok = seg.has(flags::ACK)
+                    && r_end.isn.is_some_and(|isn| isn.wrapping_add(1) == seg.ack);
+                if ok { RstVerdict::Accepted } else { RstVerdict::OutOfWindow }
+            }
+            // Nothing to protect: a socket already gone, or a listener that never answered.
+            Closed | Listen => RstVerdict::Accepted,
+            state => match self.ends[s].snd_nxt {
+                Some(rcv_nxt) => {
+                    let scale = match (r_end.wscale, self.ends[s].wscale) {
+                        (Some(ws), Some(_)) => u32::from(ws.min(14)),
+                        _ => 0,
+                    };
+                    let window = u32::from(r_end.window) << scale;
+                    let minus_one_ok = matches!(state, CloseWait | LastAck | Closing | TimeWait);
+                    seq::judge_rst(seg.seq, rcv_nxt, window, minus_one_ok)
+                }
+                // Picked up mid-stream with nothing from the sender yet: no way to judge.
+                None => RstVerdict::Accepted,
+            },
+        };
+        match verdict {
+            RstVerdict::Accepted => {
+                let info = ResetInfo {
+                    by: from,
+                    ts,
+                    sender_state: self.ends[s].state,
+                    receiver_state: self.ends[r].state,
+                };
+                if self.reset.is_none() {
+                    self.reset = Some(info);
+                }
+                if from == Side::Server && self.synack_first.is_none() && self.ends[0].syn_first.is_some() {
+                    self.refused = true;
+                }
+                self.set_state(from, Event::SentRst, ts, packet, sink);
+                self.set_state(from.other(), Event::RecvRst, ts, packet, sink);
+            }
+            RstVerdict::InWindowNotExact => self.anomalies.rst_in_window_not_exact += 1,
+            RstVerdict::OutOfWindow => self.anomalies.rst_out_of_window += 1,
+        }
+    }
+}
+
+fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
+    end.isn = Some(seg.seq);
+    let after = seg.seq.wrapping_add(1);
+    end.snd_nxt = Some(end.snd_nxt.map_or(after, |n| seq::max(n, after)));
+    if seg.wscale.is_some() {
+        end.wscale = seg.wscale;
+    }
+    end.syn_count += 1;
+    end.syn_first.get_or_insert(ts);
+    end.syn_prev = end.syn_last;
+    end.syn_last = Some(ts);
+}
+
+/// When a SYN (or SYN-ACK) sender has given up, judged from its retransmission spacing.
+/// The next retry would come at most twice the last gap later (exponential backoff; Linux's
+/// first retries are 1 s apart, then double); a margin covers timer slack. A single SYN is
+/// taken to have a 1 s retry timer (Linux's initial RTO). A lone SYN-ACK proves nothing:
+/// its ACK may simply not be in the capture.
+fn handshake_give_up_time(end: &Endpoint) -> Option<Ts> {
+    let last = end.syn_last?;
+    let gap = match end.syn_prev {
+        Some(prev) => last.since(prev),
+        None if end.state == SynSent => Dur::from_millis(1000),
+        None => return None,
+    };
+    let wait = Dur(gap.0.saturating_mul(2));
+    let margin = Dur(wait.0 / 10 + Dur::from_millis(200).0);
+    Some(last.plus(wait).plus(margin))
+}
+
+/// A port guess for a connection seen without its handshake: the side on a well-known port,
+/// or on the lower port when only the other is in the ephemeral range, is the server.
+fn sender_looks_like_server(src_port: u16, dst_port: u16) -> bool {
+    const EPHEMERAL: u16 = 32768;
+    match (src_port < 1024, dst_port < 1024) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => src_port < dst_port && dst_port >= EPHEMERAL,
+    }
+}

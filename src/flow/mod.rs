@@ -1,0 +1,135 @@
+//! The flow table: one live connection record per 4-tuple, and the rules for when a
+//! packet on a known 4-tuple starts a new connection instead.
+
+pub mod conn;
+
+use hashbrown::HashMap;
+
+use crate::decode::{Segment, SockAddr, flags};
+use crate::tcp::TcpState;
+use crate::time::Ts;
+pub use conn::{Connection, EngineConfig, Side, TransitionSink};
+
+/// A 4-tuple in canonical order (lower address:port first), so both directions meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey(SockAddr, SockAddr);
+
+impl FlowKey {
+    pub fn new(a: SockAddr, b: SockAddr) -> FlowKey {
+        if a <= b { FlowKey(a, b) } else { FlowKey(b, a) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub connections: u64,
+    /// Connections whose first packet was not a SYN.
+    pub midstream_pickups: u64,
+    /// New connections on a 4-tuple that already had one.
+    pub tuple_reuses: u64,
+    /// Reuses that took over a 4-tuple one side still held in TIME_WAIT.
+    pub time_wait_reuses: u64,
+}
+
+#[derive(Default)]
+pub struct FlowTable {
+    live: HashMap<FlowKey, Connection>,
+    /// Records ended by a reuse of their 4-tuple, in the order they ended.
+    superseded: Vec<Connection>,
+    next_id: u64,
+    pub counters: FlowCounters,
+}
+
+impl FlowTable {
+    pub fn new() -> FlowTable {
+        FlowTable { next_id: 1, ..Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    pub fn on_segment(
+        &mut self,
+        seg: &Segment,
+        ts: Ts,
+        packet: u64,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) {
+        let key = FlowKey::new(seg.src, seg.dst);
+        match self.live.get_mut(&key) {
+            Some(conn) => {
+                let side = conn.side_of(seg.src);
+                if starts_new_connection(conn, seg, side, ts, cfg) {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.counters.connections += 1;
+                    self.counters.tuple_reuses += 1;
+                    if conn.ends.iter().any(|e| e.state == TcpState::TimeWait) {
+                        self.counters.time_wait_reuses += 1;
+                    }
+                    let mut fresh = Connection::new(id, seg, ts);
+                    if fresh.partial {
+                        self.counters.midstream_pickups += 1;
+                    }
+                    conn.supersede(ts, cfg, sink);
+                    fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
+                    let old = std::mem::replace(conn, fresh);
+                    self.superseded.push(old);
+                } else {
+                    conn.on_segment(seg, side, ts, packet, cfg, sink);
+                }
+            }
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.counters.connections += 1;
+                let mut conn = Connection::new(id, seg, ts);
+                if conn.partial {
+                    self.counters.midstream_pickups += 1;
+                }
+                conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
+                self.live.insert(key, conn);
+            }
+        }
+    }
+
+    /// Ends every record at `now` and returns all connections in id order.
+    pub fn finish(mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) -> Vec<Connection> {
+        let mut all = std::mem::take(&mut self.superseded);
+        for (_, mut conn) in self.live.drain() {
+            conn.finish(now, cfg, sink);
+            all.push(conn);
+        }
+        all.sort_by_key(|c| c.id);
+        all
+    }
+}
+
+/// Does this packet open a new connection on a 4-tuple that has a record?
+///
+/// A SYN with a new initial sequence number does, once the old connection is over (both
+/// sides CLOSED or TIME_WAIT: a server's TIME_WAIT accepts a new SYN, and Linux's
+/// tcp_tw_reuse lets a client reconnect from a port it holds in TIME_WAIT), or when the
+/// sender's earlier attempt is still unanswered (a new socket, so a new connection).
+/// Anything else on a closed tuple is a late packet of the old connection, unless it comes
+/// after the old connection has been silent for longer than 2MSL: then it is a connection
+/// picked up mid-stream.
+fn starts_new_connection(conn: &Connection, seg: &Segment, side: Side, ts: Ts, cfg: &EngineConfig) -> bool {
+    let sender = conn.end(side);
+    if seg.has(flags::SYN) && !seg.has(flags::ACK) && !seg.has(flags::RST) {
+        if sender.isn == Some(seg.seq) && side == Side::Client {
+            return false; // a retransmission
+        }
+        let over = conn.is_over()
+            || matches!(sender.state, TcpState::TimeWait | TcpState::Closed);
+        let earlier_attempt_unanswered = sender.state == TcpState::SynSent && conn.synack_first.is_none();
+        return over || earlier_attempt_unanswered;
+    }
+    conn.is_over() && ts.since(conn.last) > cfg.time_wait
+}

@@ -1,0 +1,161 @@
+//! The pipeline: capture records → decode → flow table → per-endpoint state machines.
+//! Every packet ends up either in a connection or in a counter that says why not.
+
+use crate::capture::RawPacket;
+use crate::capture::filter::PacketFilter;
+use crate::decode::{self, DecodeError, Decoded, LinkType};
+use crate::flow::conn::Transition;
+use crate::flow::{Connection, EngineConfig, FlowCounters, FlowTable};
+use crate::time::Ts;
+
+/// What happened to the packets that did not drive a state machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PacketCounters {
+    pub packets: u64,
+    pub tcp: u64,
+    pub filtered_out: u64,
+    pub not_ip: u64,
+    pub not_tcp: u64,
+    pub ip_fragments: u64,
+    pub undecodable: [u64; DecodeError::ALL.len()],
+    pub unsupported_link: u64,
+    /// Packets whose timestamp was earlier than one before them; timers used the later time.
+    pub time_went_backwards: u64,
+    /// Packets after the requested `--at` time (not processed).
+    pub after_stop_time: u64,
+}
+
+impl PacketCounters {
+    pub fn undecodable_total(&self) -> u64 {
+        self.undecodable.iter().sum()
+    }
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    table: FlowTable,
+    filter: Option<PacketFilter>,
+    pub counters: PacketCounters,
+    first_ts: Option<Ts>,
+    clock: Option<Ts>,
+    stop_after: Option<Ts>,
+    transitions: Option<Vec<Transition>>,
+}
+
+/// Everything a report needs once the input is done.
+pub struct Outcome {
+    pub connections: Vec<Connection>,
+    pub packets: PacketCounters,
+    pub flows: FlowCounters,
+    pub first_ts: Option<Ts>,
+    /// The time the engine's clock stopped at: the last packet, or `--at`.
+    pub end_ts: Option<Ts>,
+    pub transitions: Vec<Transition>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Engine {
+        Engine {
+            cfg,
+            table: FlowTable::new(),
+            filter: None,
+            counters: PacketCounters::default(),
+            first_ts: None,
+            clock: None,
+            stop_after: None,
+            transitions: None,
+        }
+    }
+
+    pub fn with_filter(mut self, filter: Option<PacketFilter>) -> Engine {
+        self.filter = filter;
+        self
+    }
+
+    /// Packets later than `at` are counted but not applied; the report is as of `at`.
+    pub fn stop_after(mut self, at: Option<Ts>) -> Engine {
+        self.stop_after = at;
+        self
+    }
+
+    pub fn set_stop_after(&mut self, at: Ts) {
+        self.stop_after = Some(at);
+    }
+
+    pub fn record_transitions(mut self, on: bool) -> Engine {
+        self.transitions = on.then(Vec::new);
+        self
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn process(&mut self, pkt: &RawPacket<'_>) {
+        self.counters.packets += 1;
+        if let Some(stop) = self.stop_after {
+            if pkt.ts != Ts::UNKNOWN && pkt.ts > stop {
+                self.counters.after_stop_time += 1;
+                return;
+            }
+        }
+        let ts = match (pkt.ts, self.clock) {
+            (t, Some(c)) if t == Ts::UNKNOWN || t < c => {
+                if t != Ts::UNKNOWN {
+                    self.counters.time_went_backwards += 1;
+                }
+                c
+            }
+            (t, None) if t == Ts::UNKNOWN => Ts(0),
+            (t, _) => t,
+        };
+        self.clock = Some(ts);
+        self.first_ts.get_or_insert(ts);
+        if let Some(f) = self.filter.as_mut() {
+            if !f.matches(pkt.linktype, pkt.data) {
+                self.counters.filtered_out += 1;
+                return;
+            }
+        }
+        let Some(link) = LinkType::from_linktype(pkt.linktype) else {
+            self.counters.unsupported_link += 1;
+            return;
+        };
+        match decode::decode(link, pkt.data) {
+            Ok(Decoded::Tcp(seg)) => {
+                self.counters.tcp += 1;
+                let mut sink = self.transitions.as_mut();
+                self.table.on_segment(&seg, ts, self.counters.packets, &self.cfg, &mut sink);
+            }
+            Ok(Decoded::NotTcp) => self.counters.not_tcp += 1,
+            Ok(Decoded::NotIp) => self.counters.not_ip += 1,
+            Ok(Decoded::Fragment) => self.counters.ip_fragments += 1,
+            Err(e) => self.counters.undecodable[e.index()] += 1,
+        }
+    }
+
+    /// Ends the run: timers advance to the end time (`--at`, or the last packet).
+    pub fn finish(self) -> Outcome {
+        let end = match (self.stop_after, self.clock) {
+            (Some(at), _) => Some(at),
+            (None, c) => c,
+        };
+        let mut transitions = self.transitions;
+        let mut sink = transitions.as_mut();
+        let flows = self.table.counters;
+        let connections = match end {
+            Some(end) => self.table.finish(end, &self.cfg, &mut sink),
+            None => Vec::new(),
+        };
+        let mut transitions = transitions.unwrap_or_default();
+        transitions.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
+        Outcome {
+            connections,
+            packets: self.counters,
+            flows,
+            first_ts: self.first_ts,
+            end_ts: end,
+            transitions,
+        }
+    }
+}

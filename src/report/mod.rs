@@ -1,0 +1,92 @@
+//! Reports: what the user reads. Text for people, JSON lines for programs.
+
+pub mod conns;
+pub mod states;
+
+use std::io::{self, Write};
+
+use crate::capture::ContainerCounters;
+use crate::decode::DecodeError;
+use crate::pipeline::Outcome;
+
+/// The counts of everything not tracked or doubtful, one line each, only those not zero.
+pub fn write_counters(out: &mut dyn Write, o: &Outcome, container: &ContainerCounters) -> io::Result<()> {
+    let p = &o.packets;
+    let f = &o.flows;
+    let mut lines: Vec<(String, u64)> = vec![
+        ("packets read".into(), p.packets),
+        ("tcp packets tracked".into(), p.tcp),
+        ("connections".into(), f.connections),
+    ];
+    let mut doubtful: Vec<(String, u64)> = vec![
+        ("filtered out by the expression".into(), p.filtered_out),
+        ("not IP".into(), p.not_ip),
+        ("IP but not TCP".into(), p.not_tcp),
+        ("non-first IP fragments skipped".into(), p.ip_fragments),
+        ("on an unsupported link type".into(), p.unsupported_link),
+        ("timestamp earlier than the packet before".into(), p.time_went_backwards),
+        ("after the --at time (not applied)".into(), p.after_stop_time),
+        ("connections picked up mid-stream".into(), f.midstream_pickups),
+        ("4-tuples reused by a new connection".into(), f.tuple_reuses),
+        ("  of them while one side was in TIME_WAIT".into(), f.time_wait_reuses),
+        ("records longer than the snap length".into(), container.caplen_over_snaplen),
+        ("pcapng packets on an undeclared interface".into(), container.unknown_interface),
+        ("pcapng blocks without packets skipped".into(), container.skipped_blocks),
+    ];
+    for e in DecodeError::ALL {
+        doubtful.push((format!("undecodable: {}", e.key()), p.undecodable[e.index()]));
+    }
+    let (mut oow, mut inw, mut unexplained, mut late) = (0u64, 0u64, 0u64, 0u64);
+    for c in &o.connections {
+        oow += u64::from(c.anomalies.rst_out_of_window);
+        inw += u64::from(c.anomalies.rst_in_window_not_exact);
+        unexplained += u64::from(c.anomalies.unexplained);
+        late += u64::from(c.anomalies.after_close);
+    }
+    doubtful.push(("RSTs out of window (ignored)".into(), oow));
+    doubtful.push(("RSTs in window but not exact (challenge ACK, ignored)".into(), inw));
+    doubtful.push(("segments the state machine had no rule for".into(), unexplained));
+    doubtful.push(("segments after both sides closed".into(), late));
+    lines.extend(doubtful.into_iter().filter(|(_, n)| *n > 0));
+    for (what, n) in lines {
+        writeln!(out, "tcpstate: {n:>10}  {what}")?;
+    }
+    Ok(())
+}
+
+/// The counters as one JSON object, for programs.
+pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::Value {
+    let p = &o.packets;
+    let f = &o.flows;
+    let mut undecodable = serde_json::Map::new();
+    for e in DecodeError::ALL {
+        undecodable.insert(e.key().into(), p.undecodable[e.index()].into());
+    }
+    let sum = |g: fn(&crate::flow::Connection) -> u32| -> u64 {
+        o.connections.iter().map(|c| u64::from(g(c))).sum()
+    };
+    serde_json::json!({
+        "type": "counters",
+        "packets": p.packets,
+        "tcp_packets": p.tcp,
+        "connections": f.connections,
+        "filtered_out": p.filtered_out,
+        "not_ip": p.not_ip,
+        "not_tcp": p.not_tcp,
+        "ip_fragments": p.ip_fragments,
+        "unsupported_link": p.unsupported_link,
+        "time_went_backwards": p.time_went_backwards,
+        "after_stop_time": p.after_stop_time,
+        "midstream_pickups": f.midstream_pickups,
+        "tuple_reuses": f.tuple_reuses,
+        "time_wait_reuses": f.time_wait_reuses,
+        "caplen_over_snaplen": container.caplen_over_snaplen,
+        "pcapng_unknown_interface": container.unknown_interface,
+        "pcapng_skipped_blocks": container.skipped_blocks,
+        "undecodable": undecodable,
+        "rst_out_of_window": sum(|c| c.anomalies.rst_out_of_window),
+        "rst_in_window_not_exact": sum(|c| c.anomalies.rst_in_window_not_exact),
+        "unexplained_segments": sum(|c| c.anomalies.unexplained),
+        "packets_after_close": sum(|c| c.anomalies.after_close),
+    })
+}

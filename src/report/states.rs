@@ -1,0 +1,155 @@
+//! `tcpstate states`: what `ss -tan` would have listed, one line per endpoint socket,
+//! then the count per state as `netstat -n | awk '/^tcp/ {++S[$NF]} END {...}'` prints it.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::decode::SockAddr;
+use crate::flow::Connection;
+use crate::flow::conn::Side;
+use crate::tcp::TcpState;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SocketRow {
+    pub local: String,
+    pub remote: String,
+    pub state: &'static str,
+    /// Connection id (0 for a listener, which belongs to no one connection).
+    pub conn: u64,
+    /// "client" or "server" within the connection.
+    pub role: &'static str,
+    /// Epoch seconds at which it entered this state.
+    pub since: f64,
+    /// The state rests on an inference (a timeout, a listener deduced from its answers).
+    pub inferred: bool,
+    pub partial: bool,
+}
+
+/// Which sockets to show.
+pub struct Selection {
+    pub all: bool,
+    /// Keep the sockets of this host (an address, or address:port).
+    pub host: Option<HostFilter>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum HostFilter {
+    Ip(IpAddr),
+    Addr(SockAddr),
+}
+
+impl HostFilter {
+    pub fn parse(s: &str) -> Result<HostFilter, String> {
+        if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+            return Ok(HostFilter::Ip(ip));
+        }
+        s.parse::<SockAddr>()
+            .map(HostFilter::Addr)
+            .map_err(|_| format!("--host '{s}': expected an address (10.0.0.1, ::1) or address:port"))
+    }
+    fn keeps(&self, a: SockAddr) -> bool {
+        match self {
+            HostFilter::Ip(ip) => a.ip == *ip,
+            HostFilter::Addr(x) => a == *x,
+        }
+    }
+}
+
+fn epoch(ts: crate::time::Ts) -> f64 {
+    (ts.0 as f64 / 1e3).round() / 1e6
+}
+
+pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
+    let mut rows = Vec::new();
+    // Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open).
+    let mut listeners: BTreeSet<SockAddr> = BTreeSet::new();
+    for c in conns {
+        if c.synack_first.is_some() && !c.direction_guessed && c.end(Side::Server).syn_first.is_some() {
+            let client_syn_first = c.end(Side::Client).syn_first;
+            let server_syn_first = c.end(Side::Server).syn_first;
+            if client_syn_first.is_none() || client_syn_first <= server_syn_first {
+                listeners.insert(c.end(Side::Server).addr);
+            }
+        }
+    }
+    for l in listeners {
+        if sel.host.is_none_or(|h| h.keeps(l)) {
+            rows.push(SocketRow {
+                local: l.to_string(),
+                remote: "*:*".into(),
+                state: TcpState::Listen.name(),
+                conn: 0,
+                role: "server",
+                since: 0.0,
+                inferred: true,
+                partial: false,
+            });
+        }
+    }
+    for c in conns {
+        for side in [Side::Client, Side::Server] {
+            let me = c.end(side);
+            let peer = c.end(side.other());
+            if me.state == TcpState::Listen {
+                continue; // no socket of its own for this 4-tuple: the listener stands for it
+            }
+            if !sel.all && !me.state.has_socket() {
+                continue;
+            }
+            if sel.host.is_some_and(|h| !h.keeps(me.addr)) {
+                continue;
+            }
+            rows.push(SocketRow {
+                local: me.addr.to_string(),
+                remote: peer.addr.to_string(),
+                state: me.state.name(),
+                conn: c.id,
+                role: side.name(),
+                since: epoch(me.state_since),
+                inferred: me.inferred,
+                partial: c.partial,
+            });
+        }
+    }
+    rows
+}
+
+pub fn write_text(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
+    let lw = rows.iter().map(|r| r.local.len()).max().unwrap_or(0).max(18);
+    let rw = rows.iter().map(|r| r.remote.len()).max().unwrap_or(0).max(17);
+    writeln!(out, "{:<12} {:<lw$} {:<rw$} CONN", "State", "Local Address:Port", "Peer Address:Port")?;
+    for r in rows {
+        let conn = if r.conn == 0 { "-".to_string() } else { r.conn.to_string() };
+        let mark = if r.inferred { " (inferred)" } else { "" };
+        writeln!(out, "{:<12} {:<lw$} {:<rw$} {conn}{mark}", r.state, r.local, r.remote)?;
+    }
+    writeln!(out)?;
+    for (state, n) in state_counts(rows) {
+        writeln!(out, "{state} {n}")?;
+    }
+    Ok(())
+}
+
+/// Count per state, in the order the states first appear (as awk's for-in roughly does;
+/// stable here so output can be compared).
+pub fn state_counts(rows: &[SocketRow]) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for r in rows {
+        match counts.iter_mut().find(|(s, _)| *s == r.state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((r.state, 1)),
+        }
+    }
+    counts
+}
+
+pub fn write_json(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
+    for r in rows {
+        serde_json::to_writer(&mut *out, r).map_err(io::Error::other)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}

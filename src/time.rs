@@ -1,0 +1,173 @@
+//! Packet time. Every timer in the engine runs on these timestamps, never on the wall clock.
+
+use std::fmt;
+
+/// Nanoseconds since the Unix epoch, as read from a capture record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ts(pub i64);
+
+pub const NANOS_PER_SEC: i64 = 1_000_000_000;
+
+impl Ts {
+    /// For records that carry no timestamp (pcapng Simple Packet Blocks): the engine keeps its clock.
+    pub const UNKNOWN: Ts = Ts(i64::MIN);
+
+    pub fn from_secs_f64(secs: f64) -> Ts {
+        Ts((secs * NANOS_PER_SEC as f64).round() as i64)
+    }
+    pub fn from_parts(secs: i64, nanos: i64) -> Ts {
+        Ts(secs.saturating_mul(NANOS_PER_SEC).saturating_add(nanos))
+    }
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / NANOS_PER_SEC as f64
+    }
+    pub fn plus(self, d: Dur) -> Ts {
+        Ts(self.0.saturating_add(d.0))
+    }
+    pub fn since(self, earlier: Ts) -> Dur {
+        Dur(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// A span of packet time in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dur(pub i64);
+
+impl Dur {
+    pub fn from_secs_f64(secs: f64) -> Dur {
+        Dur((secs * NANOS_PER_SEC as f64).round() as i64)
+    }
+    pub fn from_millis(ms: i64) -> Dur {
+        Dur(ms * 1_000_000)
+    }
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / NANOS_PER_SEC as f64
+    }
+}
+
+impl fmt::Display for Ts {
+    /// Epoch seconds with microsecond precision, as tcpdump -tt prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(NANOS_PER_SEC);
+        let micros = self.0.rem_euclid(NANOS_PER_SEC) / 1000;
+        write!(f, "{secs}.{micros:06}")
+    }
+}
+
+impl fmt::Display for Dur {
+    /// Seconds with millisecond precision below a minute, as a person reads a duration.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.as_secs_f64();
+        if s.abs() < 1.0 {
+            write!(f, "{:.3}ms", s * 1000.0)
+        } else {
+            write!(f, "{s:.3}s")
+        }
+    }
+}
+
+/// Parses a time given on the command line: RFC 3339, epoch seconds, or `+SECS`
+/// relative to `capture_start`.
+pub fn parse_time_arg(arg: &str, capture_start: Option<Ts>) -> Result<Ts, String> {
+    let arg = arg.trim();
+    if let Some(rel) = arg.strip_prefix('+') {
+        let secs: f64 = rel
+            .parse()
+            .map_err(|_| format!("invalid relative time '{arg}': expected +SECONDS"))?;
+        let start = capture_start.ok_or("the capture has no packets to be relative to")?;
+        return Ok(start.plus(Dur::from_secs_f64(secs)));
+    }
+    if let Ok(secs) = arg.parse::<f64>() {
+        if secs.is_finite() {
+            return Ok(Ts::from_secs_f64(secs));
+        }
+    }
+    parse_rfc3339(arg).ok_or_else(|| {
+        format!("invalid time '{arg}': expected RFC 3339 (2024-05-01T12:00:00Z), epoch seconds, or +SECONDS from the capture start")
+    })
+}
+
+/// A small RFC 3339 parser (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`), enough for `--at`.
+fn parse_rfc3339(s: &str) -> Option<Ts> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = s.get(start..i)?;
+        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+        nanos = digits.parse().ok()?;
+    }
+    let offset_secs = match s.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 => {
+            let sign = match &tz[0..1] {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            let h: i64 = tz.get(1..3)?.parse().ok()?;
+            let m: i64 = tz.get(4..6)?.parse().ok()?;
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86400 + hour * 3600 + min * 60 + sec - offset_secs;
+    Some(Ts::from_parts(secs, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_and_epoch_agree() {
+        let a = parse_time_arg("2024-05-01T12:00:00.5Z", None).unwrap();
+        let b = parse_time_arg("1714564800.5", None).unwrap();
+        assert_eq!(a, b);
+        let c = parse_time_arg("2024-05-01T14:00:00.5+02:00", None).unwrap();
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn relative_to_capture_start() {
+        let t = parse_time_arg("+1.25", Some(Ts(10 * NANOS_PER_SEC))).unwrap();
+        assert_eq!(t, Ts(11_250_000_000));
+        assert!(parse_time_arg("+x", Some(Ts(0))).is_err());
+        assert!(parse_time_arg("+1", None).is_err());
+    }
+
+    #[test]
+    fn display_is_epoch_micros() {
+        assert_eq!(Ts(1_500_000_001_000).to_string(), "1500.000001");
+    }
+}

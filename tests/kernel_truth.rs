@@ -1,0 +1,158 @@
+//! The proof: for every capture of real Linux TCP in `pcaps/`, the state tcpstate infers for
+//! every endpoint at the end of the capture must equal the kernel's (`ss -tan` in the
+//! namespace, taken before the capture stopped; a socket ss no longer lists is CLOSED), and
+//! the facts the capture script knows (handshake outcome, first closer, who reset) must match.
+//!
+//! Endpoints the truth file marks `unknowable` (the kernel changed state silently, with no
+//! packet to show it) are held to what the packets show (`passive_state`) instead, and listed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn pcaps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps")
+}
+
+fn tcpstate(args: &[&str]) -> (String, String, i32) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate")).args(args).output().expect("run tcpstate");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json line")).collect()
+}
+
+fn check_capture(name: &str) {
+    let dir = pcaps_dir();
+    let pcap = dir.join(format!("{name}.pcap"));
+    let truth: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{name}.truth.json"))).expect("truth file"),
+    )
+    .expect("truth json");
+    let pcap = pcap.to_str().unwrap();
+    let mut problems: Vec<String> = Vec::new();
+
+    // 1. Endpoint states at the end of the capture.
+    let (out, err, code) = tcpstate(&["states", "--all", "--format", "json", "-q", "-r", pcap]);
+    assert_eq!(code, 0, "{name}: tcpstate states failed: {err}");
+    // The latest connection on a 4-tuple speaks for it; earlier ones were superseded.
+    let mut tool: HashMap<(String, String), (u64, String)> = HashMap::new();
+    for row in json_lines(&out) {
+        if row["state"] == "LISTEN" {
+            continue;
+        }
+        let key = (row["local"].as_str().unwrap().to_string(), row["remote"].as_str().unwrap().to_string());
+        let conn = row["conn"].as_u64().unwrap();
+        let state = row["state"].as_str().unwrap().to_string();
+        if tool.get(&key).is_none_or(|(c, _)| *c < conn) {
+            tool.insert(key, (conn, state));
+        }
+    }
+    let mut kernel: HashMap<(String, String), String> = HashMap::new();
+    for s in truth["snapshot"]["sockets"].as_array().unwrap() {
+        let key = (s["local"].as_str().unwrap().to_string(), s["remote"].as_str().unwrap().to_string());
+        kernel.insert(key, s["state"].as_str().unwrap().to_string());
+    }
+    let mut unknowable: HashMap<(String, String), String> = HashMap::new();
+    for u in truth["unknowable"].as_array().unwrap() {
+        let key = (u["local"].as_str().unwrap().to_string(), u["remote"].as_str().unwrap().to_string());
+        unknowable.insert(key, u["passive_state"].as_str().unwrap().to_string());
+    }
+    for key in kernel.keys() {
+        if !tool.contains_key(key) {
+            problems.push(format!("kernel socket {} -> {} ({}) not seen by tcpstate", key.0, key.1, kernel[key]));
+        }
+    }
+    let mut compared = 0;
+    for (key, (conn, got)) in &tool {
+        let want = match unknowable.get(key) {
+            Some(passive) => passive.clone(),
+            None => kernel.get(key).cloned().unwrap_or_else(|| "CLOSED".to_string()),
+        };
+        compared += 1;
+        if *got != want {
+            problems.push(format!("{} -> {} (conn {conn}): tcpstate {got}, kernel {want}", key.0, key.1));
+        }
+    }
+    assert!(compared > 0, "{name}: no endpoints compared");
+
+    // 2. Per-connection facts, matched by (client, server) in order of appearance.
+    let (out, err, code) = tcpstate(&["conns", "--format", "json", "-q", "-r", pcap]);
+    assert_eq!(code, 0, "{name}: tcpstate conns failed: {err}");
+    let rows = json_lines(&out);
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for fact in truth["connections"].as_array().unwrap() {
+        let client = fact["client"].as_str().unwrap().to_string();
+        let server = fact["server"].as_str().unwrap().to_string();
+        let nth = seen.entry((client.clone(), server.clone())).or_default();
+        let matching: Vec<&Value> =
+            rows.iter().filter(|r| r["client"] == client.as_str() && r["server"] == server.as_str()).collect();
+        let Some(row) = matching.get(*nth) else {
+            problems.push(format!("connection {client} -> {server} #{nth} not reported"));
+            continue;
+        };
+        *nth += 1;
+        for field in ["handshake", "first_closer", "reset_by"] {
+            if row[field] != fact[field] {
+                problems.push(format!(
+                    "{client} -> {server} (conn {}): {field} tcpstate {}, truth {}",
+                    row["id"], row[field], fact[field]
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{name}: {} mismatches:\n  {}", problems.len(), problems.join("\n  "));
+}
+
+macro_rules! captures {
+    ($($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { check_capture(stringify!($name)); } )*
+
+        /// Every capture in pcaps/ is checked by a test above.
+        #[test]
+        fn every_capture_has_a_test() {
+            let listed = [$(stringify!($name)),*];
+            let mut missing = Vec::new();
+            for entry in std::fs::read_dir(pcaps_dir()).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "pcap") {
+                    let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+                    if !listed.contains(&stem.as_str()) {
+                        missing.push(stem);
+                    }
+                }
+            }
+            assert!(missing.is_empty(), "captures without a truth test: {missing:?}");
+            assert!(listed.len() >= 19);
+        }
+    };
+}
+
+captures!(
+    close_client_first,
+    close_server_first,
+    half_close,
+    close_wait_leak,
+    linger_abort,
+    close_unread_data,
+    refused,
+    syn_blackhole,
+    lost_final_ack,
+    synack_exhausted,
+    tw_reuse,
+    simultaneous_close,
+    simultaneous_open,
+    ipv6,
+    keepalive,
+    time_wait_expiry,
+    fin_wait2_orphan_timeout,
+    mixed,
+    zero_window_close,
+);
