@@ -53,7 +53,11 @@ pub struct InputArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// A tcpdump filter expression, e.g. `port 443`.
-    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "FILTER",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub filter: Vec<String>,
 }
 
@@ -95,7 +99,10 @@ pub struct Failure {
 }
 
 fn usage(message: String) -> Failure {
-    Failure { status: exit::USAGE, message }
+    Failure {
+        status: exit::USAGE,
+        message,
+    }
 }
 
 /// Runs the engine over the inputs. Returns the outcome and, if reading stopped early, why.
@@ -104,14 +111,19 @@ fn run_engine(
     stop_at: Option<&str>,
 ) -> Result<(Outcome, ContainerCounters, Option<String>), Failure> {
     if !(input.time_wait.is_finite() && input.time_wait >= 0.0) {
-        return Err(usage(format!("--time-wait {}: expected seconds >= 0", input.time_wait)));
+        return Err(usage(format!(
+            "--time-wait {}: expected seconds >= 0",
+            input.time_wait
+        )));
     }
     let filter = if input.filter.is_empty() {
         None
     } else {
         Some(PacketFilter::new(&input.filter.join(" ")).map_err(usage)?)
     };
-    let cfg = EngineConfig { time_wait: Dur::from_secs_f64(input.time_wait) };
+    let cfg = EngineConfig {
+        time_wait: Dur::from_secs_f64(input.time_wait),
+    };
     // Absolute times are known before reading; relative ones need the first packet.
     let mut stop = None;
     let mut relative = None;
@@ -128,12 +140,11 @@ fn run_engine(
     }
     let mut engine = Engine::new(cfg).with_filter(filter).stop_after(stop);
     let mut container = ContainerCounters::default();
-    let mut relative = relative;
     let result = file::read_files(&input.files, &mut container, &mut |pkt| {
-        if let Some(rel) = relative.take() {
-            if let Ok(at) = parse_time_arg(&rel, Some(pkt.ts)) {
-                engine.set_stop_after(at);
-            }
+        if let Some(rel) = relative.take()
+            && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
+        {
+            engine.set_stop_after(at);
         }
         engine.process(pkt);
         ControlFlow::Continue(())
@@ -150,7 +161,10 @@ fn write_out(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Fai
         Ok(()) => Ok(()),
         // The reader went away (`| head`): stop quietly, as ripgrep does.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure { status: exit::INPUT_ERROR, message: format!("writing output: {e}") }),
+        Err(e) => Err(Failure {
+            status: exit::INPUT_ERROR,
+            message: format!("writing output: {e}"),
+        }),
     }
 }
 
@@ -162,7 +176,10 @@ fn report_counters(quiet: bool, outcome: &Outcome, container: &ContainerCounters
 
 fn finish_status(fault: Option<String>) -> Result<(), Failure> {
     match fault {
-        Some(message) => Err(Failure { status: exit::INPUT_ERROR, message }),
+        Some(message) => Err(Failure {
+            status: exit::INPUT_ERROR,
+            message,
+        }),
         None => Ok(()),
     }
 }
@@ -172,7 +189,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Conns(args) => {
             let (outcome, container, fault) = run_engine(&args.input, None)?;
             let end = outcome.end_ts.unwrap_or_default();
-            let rows: Vec<_> = outcome.connections.iter().map(|c| summarize(c, end)).collect();
+            let rows: Vec<_> = outcome
+                .connections
+                .iter()
+                .map(|c| summarize(c, end))
+                .collect();
             let start = outcome.first_ts.map(|t| t.as_secs_f64());
             write_out(|out| match args.format {
                 Format::Text => conns::write_table(out, &rows, start),
@@ -182,9 +203,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             finish_status(fault)
         }
         Command::States(args) => {
-            let host = args.host.as_deref().map(states::HostFilter::parse).transpose().map_err(usage)?;
+            let host = args
+                .host
+                .as_deref()
+                .map(states::HostFilter::parse)
+                .transpose()
+                .map_err(usage)?;
             let (outcome, container, fault) = run_engine(&args.input, args.at.as_deref())?;
-            let sel = states::Selection { all: args.all, host };
+            let sel = states::Selection {
+                all: args.all,
+                host,
+            };
             let rows = states::socket_rows(&outcome.connections, &sel);
             write_out(|out| match args.format {
                 Format::Text => states::write_text(out, &rows),

@@ -6,7 +6,11 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let status = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let status = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             std::process::exit(status);
         }

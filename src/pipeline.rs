@@ -93,11 +93,12 @@ impl Engine {
 
     pub fn process(&mut self, pkt: &RawPacket<'_>) {
         self.counters.packets += 1;
-        if let Some(stop) = self.stop_after {
-            if pkt.ts != Ts::UNKNOWN && pkt.ts > stop {
-                self.counters.after_stop_time += 1;
-                return;
-            }
+        if let Some(stop) = self.stop_after
+            && pkt.ts != Ts::UNKNOWN
+            && pkt.ts > stop
+        {
+            self.counters.after_stop_time += 1;
+            return;
         }
         let ts = match (pkt.ts, self.clock) {
             (t, Some(c)) if t == Ts::UNKNOWN || t < c => {
@@ -111,11 +112,11 @@ impl Engine {
         };
         self.clock = Some(ts);
         self.first_ts.get_or_insert(ts);
-        if let Some(f) = self.filter.as_mut() {
-            if !f.matches(pkt.linktype, pkt.data) {
-                self.counters.filtered_out += 1;
-                return;
-            }
+        if let Some(f) = self.filter.as_mut()
+            && !f.matches(pkt.linktype, pkt.data)
+        {
+            self.counters.filtered_out += 1;
+            return;
         }
         let Some(link) = LinkType::from_linktype(pkt.linktype) else {
             self.counters.unsupported_link += 1;
@@ -125,7 +126,8 @@ impl Engine {
             Ok(Decoded::Tcp(seg)) => {
                 self.counters.tcp += 1;
                 let mut sink = self.transitions.as_mut();
-                self.table.on_segment(&seg, ts, self.counters.packets, &self.cfg, &mut sink);
+                self.table
+                    .on_segment(&seg, ts, self.counters.packets, &self.cfg, &mut sink);
             }
             Ok(Decoded::NotTcp) => self.counters.not_tcp += 1,
             Ok(Decoded::NotIp) => self.counters.not_ip += 1,

@@ -77,10 +77,10 @@ pub fn parse_time_arg(arg: &str, capture_start: Option<Ts>) -> Result<Ts, String
         let start = capture_start.ok_or("the capture has no packets to be relative to")?;
         return Ok(start.plus(Dur::from_secs_f64(secs)));
     }
-    if let Ok(secs) = arg.parse::<f64>() {
-        if secs.is_finite() {
-            return Ok(Ts::from_secs_f64(secs));
-        }
+    if let Ok(secs) = arg.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Ok(Ts::from_secs_f64(secs));
     }
     parse_rfc3339(arg).ok_or_else(|| {
         format!("invalid time '{arg}': expected RFC 3339 (2024-05-01T12:00:00Z), epoch seconds, or +SECONDS from the capture start")
@@ -125,8 +125,7 @@ fn parse_rfc3339(s: &str) -> Option<Ts> {
         }
         _ => return None,
     };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
     let days = days_from_civil(year, month, day);

@@ -17,7 +17,10 @@ fn pcaps_dir() -> PathBuf {
 }
 
 fn tcpstate(args: &[&str]) -> (String, String, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate")).args(args).output().expect("run tcpstate");
+    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
+        .args(args)
+        .output()
+        .expect("run tcpstate");
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -26,7 +29,10 @@ fn tcpstate(args: &[&str]) -> (String, String, i32) {
 }
 
 fn json_lines(s: &str) -> Vec<Value> {
-    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json line")).collect()
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
 }
 
 fn check_capture(name: &str) {
@@ -48,7 +54,10 @@ fn check_capture(name: &str) {
         if row["state"] == "LISTEN" {
             continue;
         }
-        let key = (row["local"].as_str().unwrap().to_string(), row["remote"].as_str().unwrap().to_string());
+        let key = (
+            row["local"].as_str().unwrap().to_string(),
+            row["remote"].as_str().unwrap().to_string(),
+        );
         let conn = row["conn"].as_u64().unwrap();
         let state = row["state"].as_str().unwrap().to_string();
         if tool.get(&key).is_none_or(|(c, _)| *c < conn) {
@@ -57,28 +66,45 @@ fn check_capture(name: &str) {
     }
     let mut kernel: HashMap<(String, String), String> = HashMap::new();
     for s in truth["snapshot"]["sockets"].as_array().unwrap() {
-        let key = (s["local"].as_str().unwrap().to_string(), s["remote"].as_str().unwrap().to_string());
+        let key = (
+            s["local"].as_str().unwrap().to_string(),
+            s["remote"].as_str().unwrap().to_string(),
+        );
         kernel.insert(key, s["state"].as_str().unwrap().to_string());
     }
     let mut unknowable: HashMap<(String, String), String> = HashMap::new();
     for u in truth["unknowable"].as_array().unwrap() {
-        let key = (u["local"].as_str().unwrap().to_string(), u["remote"].as_str().unwrap().to_string());
+        let key = (
+            u["local"].as_str().unwrap().to_string(),
+            u["remote"].as_str().unwrap().to_string(),
+        );
         unknowable.insert(key, u["passive_state"].as_str().unwrap().to_string());
     }
     for key in kernel.keys() {
         if !tool.contains_key(key) {
-            problems.push(format!("kernel socket {} -> {} ({}) not seen by tcpstate", key.0, key.1, kernel[key]));
+            problems.push(format!(
+                "kernel socket {} -> {} ({}) not seen by tcpstate",
+                key.0, key.1, kernel[key]
+            ));
         }
     }
     let mut compared = 0;
     for (key, (conn, got)) in &tool {
-        let want = match unknowable.get(key) {
-            Some(passive) => passive.clone(),
-            None => kernel.get(key).cloned().unwrap_or_else(|| "CLOSED".to_string()),
-        };
+        let kernel_state = kernel
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "CLOSED".to_string());
         compared += 1;
-        if *got != want {
-            problems.push(format!("{} -> {} (conn {conn}): tcpstate {got}, kernel {want}", key.0, key.1));
+        // Where no packet can show the kernel's state, what the packets show is also right.
+        let passive = unknowable.get(key);
+        if *got != kernel_state && passive != Some(got) {
+            let also = passive
+                .map(|p| format!(" (or {p}, all the packets can show)"))
+                .unwrap_or_default();
+            problems.push(format!(
+                "{} -> {} (conn {conn}): tcpstate {got}, kernel {kernel_state}{also}",
+                key.0, key.1
+            ));
         }
     }
     assert!(compared > 0, "{name}: no endpoints compared");
@@ -92,10 +118,14 @@ fn check_capture(name: &str) {
         let client = fact["client"].as_str().unwrap().to_string();
         let server = fact["server"].as_str().unwrap().to_string();
         let nth = seen.entry((client.clone(), server.clone())).or_default();
-        let matching: Vec<&Value> =
-            rows.iter().filter(|r| r["client"] == client.as_str() && r["server"] == server.as_str()).collect();
+        let matching: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["client"] == client.as_str() && r["server"] == server.as_str())
+            .collect();
         let Some(row) = matching.get(*nth) else {
-            problems.push(format!("connection {client} -> {server} #{nth} not reported"));
+            problems.push(format!(
+                "connection {client} -> {server} #{nth} not reported"
+            ));
             continue;
         };
         *nth += 1;
@@ -108,7 +138,12 @@ fn check_capture(name: &str) {
             }
         }
     }
-    assert!(problems.is_empty(), "{name}: {} mismatches:\n  {}", problems.len(), problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "{name}: {} mismatches:\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    );
 }
 
 macro_rules! captures {

@@ -74,7 +74,10 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let synack = c.synack_first;
     let done = c.handshake_done;
     let fins: Vec<Ts> = {
-        let mut v: Vec<Ts> = [client.fin_time, server.fin_time].into_iter().flatten().collect();
+        let mut v: Vec<Ts> = [client.fin_time, server.fin_time]
+            .into_iter()
+            .flatten()
+            .collect();
         v.sort();
         v
     };
@@ -91,7 +94,9 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     };
     let tw = |side: Side| {
         c.end(side).time_wait.map(|tw| {
-            let (until, why) = tw.end.unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));
+            let (until, why) = tw
+                .end
+                .unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));
             (secs(tw.start), dur(tw.start, until), why.name())
         })
     };
@@ -113,9 +118,13 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
         handshake: handshake.name(),
         syn_to_synack: syn.zip(synack).map(|(a, b)| dur(a, b)),
         synack_to_ack: synack.zip(done).map(|(a, b)| dur(a, b)),
-        handshake_time: if handshake == Handshake::Completed { syn.zip(done).map(|(a, b)| dur(a, b)) } else { None },
+        handshake_time: if handshake == Handshake::Completed {
+            syn.zip(done).map(|(a, b)| dur(a, b))
+        } else {
+            None
+        },
         syn_retransmits: client.syn_retransmits(),
-        synack_retransmits: server.syn_retransmits(),
+        synack_retransmits: server.synack_retransmits(),
         first_closer,
         first_fin_time: fins.first().map(|t| secs(*t)),
         half_close_duration: half_close.map(|h| h.0),

@@ -34,13 +34,20 @@ pub fn read_files(
     on_packet: &mut PacketFn<'_>,
 ) -> Result<(), CaptureError> {
     for path in paths {
-        let err = |kind| CaptureError { source: path.clone(), kind };
+        let err = |kind| CaptureError {
+            source: path.clone(),
+            kind,
+        };
         let input: Box<dyn Read + Send> = if path == "-" {
             Box::new(std::io::stdin())
         } else {
             Box::new(File::open(path).map_err(|e| err(CaptureErrorKind::Open(e.to_string())))?)
         };
-        let display = if path == "-" { "<stdin>".to_string() } else { path.clone() };
+        let display = if path == "-" {
+            "<stdin>".to_string()
+        } else {
+            path.clone()
+        };
         if read_one(&display, input, counters, on_packet)?.is_break() {
             break;
         }
@@ -54,7 +61,10 @@ fn read_one(
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureError> {
-    let err = |kind| CaptureError { source: source.to_string(), kind };
+    let err = |kind| CaptureError {
+        source: source.to_string(),
+        kind,
+    };
     // Peek enough to tell a capture from anything else, with a message that shows what it is.
     let mut head = Vec::with_capacity(64);
     (&mut input)
@@ -74,19 +84,37 @@ fn read_one(
             | Some([0xa1, 0xb2, 0x3c, 0x4d])
     );
     if !known {
-        return Err(err(CaptureErrorKind::NotACapture { first_bytes: head.into_iter().take(8).collect() }));
+        return Err(err(CaptureErrorKind::NotACapture {
+            first_bytes: head.into_iter().take(8).collect(),
+        }));
     }
-    let header_len = if magic == Some([0x0a, 0x0d, 0x0d, 0x0a]) { 28 } else { 24 };
+    let header_len = if magic == Some([0x0a, 0x0d, 0x0d, 0x0a]) {
+        28
+    } else {
+        24
+    };
     if head.len() < header_len {
-        return Err(err(CaptureErrorKind::Truncated { offset: 0, packets: 0 }));
+        return Err(err(CaptureErrorKind::Truncated {
+            offset: 0,
+            packets: 0,
+        }));
     }
     let chained: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head).chain(input));
     let mut reader = pcap_parser::create_reader(BUFFER_BYTES, chained).map_err(|e| match e {
-        PcapError::HeaderNotRecognized => err(CaptureErrorKind::NotACapture { first_bytes: Vec::new() }),
+        PcapError::HeaderNotRecognized => err(CaptureErrorKind::NotACapture {
+            first_bytes: Vec::new(),
+        }),
         PcapError::Incomplete(_) | PcapError::UnexpectedEof | PcapError::Eof => {
-            err(CaptureErrorKind::Truncated { offset: 0, packets: 0 })
+            err(CaptureErrorKind::Truncated {
+                offset: 0,
+                packets: 0,
+            })
         }
-        other => err(CaptureErrorKind::Corrupt { offset: 0, packets: 0, why: format!("{other:?}") }),
+        other => err(CaptureErrorKind::Corrupt {
+            offset: 0,
+            packets: 0,
+            why: format!("{other:?}"),
+        }),
     })?;
 
     let mut packets: u64 = 0;
@@ -111,7 +139,11 @@ fn read_one(
                         if snaplen != 0 && b.caplen > snaplen.max(262_144) {
                             counters.caplen_over_snaplen += 1;
                         }
-                        let frac = if nanos { i64::from(b.ts_usec) } else { i64::from(b.ts_usec) * 1000 };
+                        let frac = if nanos {
+                            i64::from(b.ts_usec)
+                        } else {
+                            i64::from(b.ts_usec) * 1000
+                        };
                         packets += 1;
                         flow = on_packet(&RawPacket {
                             ts: Ts::from_parts(i64::from(b.ts_sec), frac),
@@ -133,7 +165,11 @@ fn read_one(
                                 why: format!("invalid timestamp resolution {}", idb.if_tsresol),
                             })
                         })?;
-                        interfaces.push(Interface { linktype, units_per_sec, offset_secs: idb.ts_offset() });
+                        interfaces.push(Interface {
+                            linktype,
+                            units_per_sec,
+                            offset_secs: idb.ts_offset(),
+                        });
                     }
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
                         match interfaces.get(epb.if_id as usize) {
@@ -141,7 +177,9 @@ fn read_one(
                                 let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                                 let units = iface.units_per_sec.max(1);
                                 let secs = (raw / units) as i64 + iface.offset_secs;
-                                let nanos = (u128::from(raw % units) * 1_000_000_000 / u128::from(units)) as i64;
+                                let nanos = (u128::from(raw % units) * 1_000_000_000
+                                    / u128::from(units))
+                                    as i64;
                                 packets += 1;
                                 flow = on_packet(&RawPacket {
                                     ts: Ts::from_parts(secs, nanos),
@@ -175,7 +213,9 @@ fn read_one(
             }
             Err(PcapError::Eof) => return Ok(ControlFlow::Continue(())),
             Err(PcapError::Incomplete(_)) => {
-                reader.refill().map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
+                reader
+                    .refill()
+                    .map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
             }
             Err(PcapError::BufferTooSmall) => {
                 if capacity >= MAX_RECORD_BYTES {
@@ -183,7 +223,9 @@ fn read_one(
                 }
                 capacity *= 4;
                 reader.grow(capacity);
-                reader.refill().map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
+                reader
+                    .refill()
+                    .map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
             }
             Err(PcapError::UnexpectedEof) => {
                 return Err(err(CaptureErrorKind::Truncated { offset, packets }));
@@ -198,7 +240,11 @@ fn read_one(
                     }
                     other => format!("{other:?}"),
                 };
-                return Err(err(CaptureErrorKind::Corrupt { offset, packets, why }));
+                return Err(err(CaptureErrorKind::Corrupt {
+                    offset,
+                    packets,
+                    why,
+                }));
             }
         }
     }

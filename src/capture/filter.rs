@@ -11,7 +11,10 @@ pub struct PacketFilter {
 impl PacketFilter {
     /// Checks the expression now (against Ethernet) so a typo fails before any reading.
     pub fn new(expression: &str) -> Result<PacketFilter, String> {
-        let mut f = PacketFilter { expression: expression.to_string(), programs: Vec::new() };
+        let mut f = PacketFilter {
+            expression: expression.to_string(),
+            programs: Vec::new(),
+        };
         f.program_for(1)?;
         Ok(f)
     }

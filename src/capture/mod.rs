@@ -31,11 +31,25 @@ pub struct CaptureError {
 pub enum CaptureErrorKind {
     Open(String),
     Empty,
-    NotACapture { first_bytes: Vec<u8> },
-    Truncated { offset: u64, packets: u64 },
-    Corrupt { offset: u64, packets: u64, why: String },
-    RecordTooLarge { offset: u64, packets: u64 },
-    UnsupportedLinkType { linktype: i32 },
+    NotACapture {
+        first_bytes: Vec<u8>,
+    },
+    Truncated {
+        offset: u64,
+        packets: u64,
+    },
+    Corrupt {
+        offset: u64,
+        packets: u64,
+        why: String,
+    },
+    RecordTooLarge {
+        offset: u64,
+        packets: u64,
+    },
+    UnsupportedLinkType {
+        linktype: i32,
+    },
     Read(String),
     Live(String),
 }
@@ -48,13 +62,21 @@ impl fmt::Display for CaptureError {
             CaptureErrorKind::Empty => write!(f, "{src}: empty file, not a capture"),
             CaptureErrorKind::NotACapture { first_bytes } => {
                 let hex: Vec<String> = first_bytes.iter().map(|b| format!("{b:02x}")).collect();
-                write!(f, "{src}: not a pcap or pcapng file (starts with {})", hex.join(" "))
+                write!(
+                    f,
+                    "{src}: not a pcap or pcapng file (starts with {})",
+                    hex.join(" ")
+                )
             }
             CaptureErrorKind::Truncated { offset, packets } => write!(
                 f,
                 "{src}: file ends in the middle of a record at byte offset {offset} (after packet {packets}); the packets before it were used"
             ),
-            CaptureErrorKind::Corrupt { offset, packets, why } => write!(
+            CaptureErrorKind::Corrupt {
+                offset,
+                packets,
+                why,
+            } => write!(
                 f,
                 "{src}: corrupt record at byte offset {offset} (after packet {packets}): {why}; the packets before it were used"
             ),

@@ -130,7 +130,11 @@ fn ethernet(frame: &[u8]) -> Result<LinkPayload<'_>, DecodeError> {
     ethertype_payload(ethertype, &frame[14..], 0)
 }
 
-fn ethertype_payload(ethertype: u16, rest: &[u8], depth: usize) -> Result<LinkPayload<'_>, DecodeError> {
+fn ethertype_payload(
+    ethertype: u16,
+    rest: &[u8],
+    depth: usize,
+) -> Result<LinkPayload<'_>, DecodeError> {
     if depth > MAX_LINK_LAYERS {
         return Err(DecodeError::TooManyLinkLayers);
     }
@@ -144,7 +148,9 @@ fn ethertype_payload(ethertype: u16, rest: &[u8], depth: usize) -> Result<LinkPa
             // Labels until the bottom-of-stack bit; then the first nibble tells IPv4 from IPv6.
             let mut at = 0;
             for _ in 0..MAX_LINK_LAYERS {
-                let label = rest.get(at..at + 4).ok_or(DecodeError::TruncatedLinkHeader)?;
+                let label = rest
+                    .get(at..at + 4)
+                    .ok_or(DecodeError::TruncatedLinkHeader)?;
                 at += 4;
                 if label[2] & 1 == 1 {
                     let inner = &rest[at..];

@@ -41,7 +41,10 @@ impl std::str::FromStr for SockAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse::<std::net::SocketAddr>()
-            .map(|a| SockAddr { ip: a.ip(), port: a.port() })
+            .map(|a| SockAddr {
+                ip: a.ip(),
+                port: a.port(),
+            })
             .map_err(|_| format!("'{s}' is not an address:port"))
     }
 }
@@ -215,8 +218,14 @@ pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
         None
     };
     Ok(Decoded::Tcp(Segment {
-        src: SockAddr { ip: src_ip, port: tcp.source_port() },
-        dst: SockAddr { ip: dst_ip, port: tcp.destination_port() },
+        src: SockAddr {
+            ip: src_ip,
+            port: tcp.source_port(),
+        },
+        dst: SockAddr {
+            ip: dst_ip,
+            port: tcp.destination_port(),
+        },
         seq: tcp.sequence_number(),
         ack: tcp.acknowledgment_number(),
         flags,
@@ -280,22 +289,34 @@ mod tests {
         let mut tagged = f[..12].to_vec();
         tagged.extend_from_slice(&[0x88, 0xa8, 0, 5, 0x81, 0x00, 0, 7]);
         tagged.extend_from_slice(&f[12..]);
-        assert!(matches!(decode(LinkType::Ethernet, &tagged), Ok(Decoded::Tcp(_))));
+        assert!(matches!(
+            decode(LinkType::Ethernet, &tagged),
+            Ok(Decoded::Tcp(_))
+        ));
     }
 
     #[test]
     fn bad_data_offset_and_ihl() {
         let mut f = frame(b"", false);
         f[14 + 20 + 12] = 0x40; // data offset 4
-        assert_eq!(decode(LinkType::Ethernet, &f), Err(DecodeError::BadTcpDataOffset));
+        assert_eq!(
+            decode(LinkType::Ethernet, &f),
+            Err(DecodeError::BadTcpDataOffset)
+        );
         let mut g = frame(b"", false);
         g[14] = 0x44; // ihl 4
-        assert_eq!(decode(LinkType::Ethernet, &g), Err(DecodeError::BadIpv4HeaderLength));
+        assert_eq!(
+            decode(LinkType::Ethernet, &g),
+            Err(DecodeError::BadIpv4HeaderLength)
+        );
     }
 
     #[test]
     fn ss_style_addresses() {
-        let v6 = SockAddr { ip: "::1".parse().unwrap(), port: 80 };
+        let v6 = SockAddr {
+            ip: "::1".parse().unwrap(),
+            port: 80,
+        };
         assert_eq!(v6.to_string(), "[::1]:80");
         assert_eq!("[::1]:80".parse::<SockAddr>().unwrap(), v6);
     }

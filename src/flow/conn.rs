@@ -47,7 +47,9 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { time_wait: Dur::from_millis(60_000) }
+        EngineConfig {
+            time_wait: Dur::from_millis(60_000),
+        }
     }
 }
 
@@ -117,6 +119,7 @@ pub struct Endpoint {
     pub syn_last: Option<Ts>,
     pub syn_prev: Option<Ts>,
     pub syn_count: u32,
+    pub synack_count: u32,
     pub fin_retransmits: u32,
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
@@ -143,6 +146,7 @@ impl Endpoint {
             syn_last: None,
             syn_prev: None,
             syn_count: 0,
+            synack_count: 0,
             fin_retransmits: 0,
             packets: 0,
             bytes: 0,
@@ -151,9 +155,14 @@ impl Endpoint {
         }
     }
 
-    /// Retransmissions of its SYN (or SYN-ACK).
+    /// Retransmissions of its bare SYN.
     pub fn syn_retransmits(&self) -> u32 {
         self.syn_count.saturating_sub(1)
+    }
+
+    /// Retransmissions of its SYN-ACK.
+    pub fn synack_retransmits(&self) -> u32 {
+        self.synack_count.saturating_sub(1)
     }
 }
 
@@ -219,6 +228,11 @@ pub struct Connection {
     pub handshake_done: Option<Ts>,
     pub refused: bool,
     pub crossed_fins: bool,
+    /// Both sides sent a bare SYN.
+    pub simultaneous_open: bool,
+    /// The server resent its SYN-ACK after an ACK was seen: ACKs from the client have been
+    /// lost on the way (dropped after the capture point), so a bare ACK no longer proves delivery.
+    pub handshake_ack_disproven: bool,
     pub reset: Option<ResetInfo>,
     pub anomalies: ConnAnomalies,
     /// Ended because a new connection took over its 4-tuple.
@@ -254,7 +268,10 @@ impl Connection {
         };
         Connection {
             id,
-            ends: [Endpoint::new(client, client_state, ts), Endpoint::new(server, server_state, ts)],
+            ends: [
+                Endpoint::new(client, client_state, ts),
+                Endpoint::new(server, server_state, ts),
+            ],
             partial,
             direction_guessed: guessed,
             start: ts,
@@ -263,6 +280,8 @@ impl Connection {
             handshake_done: None,
             refused: false,
             crossed_fins: false,
+            simultaneous_open: false,
+            handshake_ack_disproven: false,
             reset: None,
             anomalies: ConnAnomalies::default(),
             superseded_at: None,
@@ -270,7 +289,11 @@ impl Connection {
     }
 
     pub fn side_of(&self, addr: SockAddr) -> Side {
-        if self.ends[0].addr == addr { Side::Client } else { Side::Server }
+        if self.ends[0].addr == addr {
+            Side::Client
+        } else {
+            Side::Server
+        }
     }
 
     pub fn end(&self, side: Side) -> &Endpoint {
@@ -279,7 +302,9 @@ impl Connection {
 
     /// Both sides are done with the 4-tuple, as far as packets show.
     pub fn is_over(&self) -> bool {
-        self.ends.iter().all(|e| matches!(e.state, Closed | TimeWait | Listen))
+        self.ends
+            .iter()
+            .all(|e| matches!(e.state, Closed | TimeWait | Listen))
     }
 
     pub fn handshake(&self) -> Handshake {
@@ -324,23 +349,41 @@ impl Connection {
         if from == to {
             return true;
         }
-        if from == TimeWait {
-            if let Some(tw) = end.time_wait.as_mut() {
-                let why = match event {
-                    Event::TimeWaitExpired => TimeWaitEnd::Expired,
-                    _ => TimeWaitEnd::Reset,
-                };
-                tw.end = Some((ts, why));
-            }
+        if from == TimeWait
+            && let Some(tw) = end.time_wait.as_mut()
+        {
+            let why = match event {
+                Event::TimeWaitExpired => TimeWaitEnd::Expired,
+                _ => TimeWaitEnd::Reset,
+            };
+            tw.end = Some((ts, why));
         }
         if to == TimeWait {
-            end.time_wait = Some(TimeWait { start: ts, end: None });
+            end.time_wait = Some(TimeWait {
+                start: ts,
+                end: None,
+            });
         }
         end.state = to;
         end.state_since = ts;
         end.inferred = matches!(event, Event::HandshakeGaveUp);
+        // The handshake is complete when both sides have been open at once.
+        if to == Established
+            && self.handshake_done.is_none()
+            && self.ends[side.other().index()].state == Established
+        {
+            self.handshake_done = Some(ts);
+        }
         if let Some(sink) = sink.as_deref_mut() {
-            sink.push(Transition { ts, conn_id: self.id, side, from, to, event, packet });
+            sink.push(Transition {
+                ts,
+                conn_id: self.id,
+                side,
+                from,
+                to,
+                event,
+                packet,
+            });
         }
         true
     }
@@ -369,12 +412,11 @@ impl Connection {
                 if now >= expiry {
                     self.set_state(side, Event::TimeWaitExpired, expiry, 0, sink);
                 }
-            } else if matches!(end.state, SynSent | SynRecv) {
-                if let Some(gave_up) = handshake_give_up_time(end) {
-                    if now >= gave_up {
-                        self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
-                    }
-                }
+            } else if matches!(end.state, SynSent | SynRecv)
+                && let Some(gave_up) = handshake_give_up_time(end)
+                && now >= gave_up
+            {
+                self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
             }
         }
     }
@@ -384,10 +426,10 @@ impl Connection {
     pub fn finish(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
         self.advance_time(now, cfg, sink);
         for end in &mut self.ends {
-            if let Some(tw) = end.time_wait.as_mut() {
-                if tw.end.is_none() {
-                    tw.end = Some((now, TimeWaitEnd::CaptureEnded));
-                }
+            if let Some(tw) = end.time_wait.as_mut()
+                && tw.end.is_none()
+            {
+                tw.end = Some((now, TimeWaitEnd::CaptureEnded));
             }
         }
     }
@@ -455,20 +497,29 @@ impl Connection {
         // What the receiver learns from the ACK field: its SYN or FIN arrived.
         if ack {
             let r_end = &self.ends[r];
+            // After a lost handshake ACK was proven, only data or a FIN proves delivery.
+            let bare = seg.payload_len == 0 && !seg.has(flags::FIN);
+            let trusted = !(bare && self.handshake_ack_disproven);
             let acks_syn = !syn
+                && trusted
                 && r_end.state == SynRecv
-                && r_end.isn.is_some_and(|isn| seq::le(isn.wrapping_add(1), seg.ack));
+                && r_end
+                    .isn
+                    .is_some_and(|isn| seq::le(isn.wrapping_add(1), seg.ack));
             if acks_syn {
                 self.apply(from.other(), Event::RecvAckOfSyn, ts, packet, sink);
-                if from == Side::Client && self.handshake_done.is_none() {
-                    self.handshake_done = Some(ts);
-                }
             }
             let r_end = &self.ends[r];
-            let acks_fin = r_end.fin_seq.is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack));
+            let acks_fin = r_end
+                .fin_seq
+                .is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack));
             if acks_fin && matches!(r_end.state, FinWait1 | Closing | LastAck) {
                 self.apply(from.other(), Event::RecvAckOfFin, ts, packet, sink);
             }
+        }
+
+        if !syn && seg.payload_len > 0 && self.ends[s].state == SynRecv {
+            self.apply(from, Event::SentData, ts, packet, sink);
         }
 
         // Sequence bookkeeping for the sender.
@@ -476,7 +527,9 @@ impl Connection {
         if !syn {
             let end = &mut self.ends[s];
             let probe = !seg.has(flags::FIN)
-                && end.snd_nxt.is_some_and(|n| seq::is_probe(seg.seq, seg.payload_len, n));
+                && end
+                    .snd_nxt
+                    .is_some_and(|n| seq::is_probe(seg.seq, seg.payload_len, n));
             if !probe {
                 let seg_end = seg.seq.wrapping_add(seg.seq_len());
                 match end.snd_nxt {
@@ -502,11 +555,21 @@ impl Connection {
         }
     }
 
-    fn on_syn(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+    fn on_syn(
+        &mut self,
+        seg: &Segment,
+        from: Side,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) {
         let s = from.index();
         {
             let end = &mut self.ends[s];
             note_syn_send(end, seg, ts);
+        }
+        if from == Side::Server {
+            self.simultaneous_open = true;
         }
         self.apply(from, Event::SentSyn, ts, packet, sink);
         // Simultaneous open: the receiver had sent its own SYN.
@@ -515,24 +578,33 @@ impl Connection {
         }
     }
 
-    fn on_synack(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+    fn on_synack(
+        &mut self,
+        seg: &Segment,
+        from: Side,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) {
         let s = from.index();
         let r = from.other().index();
-        let acceptable = self.ends[r].isn.is_none_or(|isn| isn.wrapping_add(1) == seg.ack);
+        let acceptable = self.ends[r]
+            .isn
+            .is_none_or(|isn| isn.wrapping_add(1) == seg.ack);
         if !acceptable {
             self.anomalies.unexplained += 1;
             return;
         }
-        let resent_after_ack = self.ends[s].isn == Some(seg.seq)
+        let resent_after_ack = !self.simultaneous_open
+            && self.ends[s].isn == Some(seg.seq)
             && self.ends[s].state == Established
             && self.ends[s].snd_nxt == Some(seg.seq.wrapping_add(1));
         note_syn_send(&mut self.ends[s], seg, ts);
         if resent_after_ack {
             // The ACK we took as delivered never reached this side.
             self.set_state(from, Event::ResentSynAck, ts, packet, sink);
-            if from == Side::Server {
-                self.handshake_done = None;
-            }
+            self.handshake_ack_disproven = true;
+            self.handshake_done = None;
         } else {
             self.set_state(from, Event::SentSynAck, ts, packet, sink);
         }
@@ -551,10 +623,20 @@ impl Connection {
         }
     }
 
-    fn on_fin(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+    fn on_fin(
+        &mut self,
+        seg: &Segment,
+        from: Side,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) {
         let s = from.index();
         let r = from.other().index();
-        let fin_seq = seg.seq.wrapping_add(seg.payload_len).wrapping_add(seg.has(flags::SYN) as u32);
+        let fin_seq = seg
+            .seq
+            .wrapping_add(seg.payload_len)
+            .wrapping_add(seg.has(flags::SYN) as u32);
         if let Some(known) = self.ends[s].fin_seq {
             if known == fin_seq {
                 self.ends[s].fin_retransmits += 1;
@@ -575,24 +657,33 @@ impl Connection {
         self.ends[s].fin_time = Some(ts);
         // The FIN's ACK tells whether the sender had already received the peer's FIN.
         let peer_fin = self.ends[r].fin_seq;
-        let crossed = peer_fin.is_some_and(|pf| {
-            !(seg.has(flags::ACK) && seq::le(pf.wrapping_add(1), seg.ack))
-        }) && self.ends[s].state == CloseWait;
+        let crossed = peer_fin
+            .is_some_and(|pf| !(seg.has(flags::ACK) && seq::le(pf.wrapping_add(1), seg.ack)))
+            && self.ends[s].state == CloseWait;
         if crossed {
             self.crossed_fins = true;
             self.apply(from, Event::SentFinCrossed, ts, packet, sink);
         } else {
             self.apply(from, Event::SentFin, ts, packet, sink);
         }
-        if self.ends[r].state == FinWait1 && !self.ends[r].fin_seq.is_some_and(|f| {
-            seg.has(flags::ACK) && seq::le(f.wrapping_add(1), seg.ack)
-        }) {
+        if self.ends[r].state == FinWait1
+            && !self.ends[r]
+                .fin_seq
+                .is_some_and(|f| seg.has(flags::ACK) && seq::le(f.wrapping_add(1), seg.ack))
+        {
             self.crossed_fins = true;
         }
         self.apply(from.other(), Event::RecvFin, ts, packet, sink);
     }
 
-    fn on_rst(&mut self, seg: &Segment, from: Side, ts: Ts, packet: u64, sink: &mut TransitionSink<'_>) {
+    fn on_rst(
+        &mut self,
+        seg: &Segment,
+        from: Side,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) {
         let r = from.other().index();
         let s = from.index();
         let r_end = &self.ends[r];
@@ -601,7 +692,11 @@ impl Connection {
             SynSent => {
                 let ok = seg.has(flags::ACK)
                     && r_end.isn.is_some_and(|isn| isn.wrapping_add(1) == seg.ack);
-                if ok { RstVerdict::Accepted } else { RstVerdict::OutOfWindow }
+                if ok {
+                    RstVerdict::Accepted
+                } else {
+                    RstVerdict::OutOfWindow
+                }
             }
             // Nothing to protect: a socket already gone, or a listener that never answered.
             Closed | Listen => RstVerdict::Accepted,
@@ -630,7 +725,10 @@ impl Connection {
                 if self.reset.is_none() {
                     self.reset = Some(info);
                 }
-                if from == Side::Server && self.synack_first.is_none() && self.ends[0].syn_first.is_some() {
+                if from == Side::Server
+                    && self.synack_first.is_none()
+                    && self.ends[0].syn_first.is_some()
+                {
                     self.refused = true;
                 }
                 self.set_state(from, Event::SentRst, ts, packet, sink);
@@ -649,7 +747,11 @@ fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
     if seg.wscale.is_some() {
         end.wscale = seg.wscale;
     }
-    end.syn_count += 1;
+    if seg.has(flags::ACK) {
+        end.synack_count += 1;
+    } else {
+        end.syn_count += 1;
+    }
     end.syn_first.get_or_insert(ts);
     end.syn_prev = end.syn_last;
     end.syn_last = Some(ts);

@@ -42,7 +42,10 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new() -> FlowTable {
-        FlowTable { next_id: 1, ..Default::default() }
+        FlowTable {
+            next_id: 1,
+            ..Default::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -100,7 +103,12 @@ impl FlowTable {
     }
 
     /// Ends every record at `now` and returns all connections in id order.
-    pub fn finish(mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) -> Vec<Connection> {
+    pub fn finish(
+        mut self,
+        now: Ts,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) -> Vec<Connection> {
         let mut all = std::mem::take(&mut self.superseded);
         for (_, mut conn) in self.live.drain() {
             conn.finish(now, cfg, sink);
@@ -120,15 +128,21 @@ impl FlowTable {
 /// Anything else on a closed tuple is a late packet of the old connection, unless it comes
 /// after the old connection has been silent for longer than 2MSL: then it is a connection
 /// picked up mid-stream.
-fn starts_new_connection(conn: &Connection, seg: &Segment, side: Side, ts: Ts, cfg: &EngineConfig) -> bool {
+fn starts_new_connection(
+    conn: &Connection,
+    seg: &Segment,
+    side: Side,
+    ts: Ts,
+    cfg: &EngineConfig,
+) -> bool {
     let sender = conn.end(side);
     if seg.has(flags::SYN) && !seg.has(flags::ACK) && !seg.has(flags::RST) {
-        if sender.isn == Some(seg.seq) && side == Side::Client {
+        if sender.isn == Some(seg.seq) {
             return false; // a retransmission
         }
-        let over = conn.is_over()
-            || matches!(sender.state, TcpState::TimeWait | TcpState::Closed);
-        let earlier_attempt_unanswered = sender.state == TcpState::SynSent && conn.synack_first.is_none();
+        let over = conn.is_over() || matches!(sender.state, TcpState::TimeWait | TcpState::Closed);
+        let earlier_attempt_unanswered =
+            sender.state == TcpState::SynSent && conn.synack_first.is_none();
         return over || earlier_attempt_unanswered;
     }
     conn.is_over() && ts.since(conn.last) > cfg.time_wait

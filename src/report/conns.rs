@@ -32,30 +32,65 @@ fn close_words(r: &ConnSummary) -> String {
     if let (Some(by), Some(st)) = (r.reset_by, r.reset_sender_state) {
         parts.push(format!("{by} RST in {st}"));
     }
-    if parts.is_empty() { "-".into() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn time_wait_words(r: &ConnSummary) -> String {
     let one = |side: &str, d: Option<f64>, why: Option<&str>| {
         d.map(|d| {
-            let mark = if why == Some("capture_ended") { "+" } else { "" };
+            let mark = if why == Some("capture_ended") {
+                "+"
+            } else {
+                ""
+            };
             format!("{side} {d:.1}s{mark}")
         })
     };
     let v: Vec<String> = [
-        one("client", r.client_time_wait_duration, r.client_time_wait_end),
-        one("server", r.server_time_wait_duration, r.server_time_wait_end),
+        one(
+            "client",
+            r.client_time_wait_duration,
+            r.client_time_wait_end,
+        ),
+        one(
+            "server",
+            r.server_time_wait_duration,
+            r.server_time_wait_end,
+        ),
     ]
     .into_iter()
     .flatten()
     .collect();
-    if v.is_empty() { "-".into() } else { v.join(" ") }
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(" ")
+    }
 }
 
-pub fn write_table(out: &mut dyn Write, rows: &[ConnSummary], capture_start: Option<f64>) -> io::Result<()> {
+pub fn write_table(
+    out: &mut dyn Write,
+    rows: &[ConnSummary],
+    capture_start: Option<f64>,
+) -> io::Result<()> {
     let header = [
-        "ID", "CLIENT", "SERVER", "START", "DURATION", "CLIENT_STATE", "SERVER_STATE", "HANDSHAKE",
-        "HS_TIME", "CLOSE", "TIME_WAIT", "PKTS_C/S", "BYTES_C/S",
+        "ID",
+        "CLIENT",
+        "SERVER",
+        "START",
+        "DURATION",
+        "CLIENT_STATE",
+        "SERVER_STATE",
+        "HANDSHAKE",
+        "HS_TIME",
+        "CLOSE",
+        "TIME_WAIT",
+        "PKTS_C/S",
+        "BYTES_C/S",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let base = capture_start.unwrap_or(0.0);
@@ -67,7 +102,13 @@ pub fn write_table(out: &mut dyn Write, rows: &[ConnSummary], capture_start: Opt
         if r.direction_guessed {
             flags.push('?');
         }
-        let state = |s: &str, inferred: bool| if inferred { format!("{s}*") } else { s.to_string() };
+        let state = |s: &str, inferred: bool| {
+            if inferred {
+                format!("{s}*")
+            } else {
+                s.to_string()
+            }
+        };
         table.push(vec![
             format!("{}{flags}", r.id),
             r.client.clone(),
@@ -89,7 +130,13 @@ pub fn write_table(out: &mut dyn Write, rows: &[ConnSummary], capture_start: Opt
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in &table {
         let mut line = String::new();
@@ -102,9 +149,14 @@ pub fn write_table(out: &mut dyn Write, rows: &[ConnSummary], capture_start: Opt
         }
         writeln!(out, "{}", line.trim_end())?;
     }
-    if rows.iter().any(|r| r.partial || r.direction_guessed || r.client_state_inferred || r.server_state_inferred) {
+    if rows.iter().any(|r| {
+        r.partial || r.direction_guessed || r.client_state_inferred || r.server_state_inferred
+    }) {
         writeln!(out)?;
-        writeln!(out, "~ picked up mid-stream   ? direction guessed from ports   * state inferred from a timeout   + TIME_WAIT still running when the capture ended")?;
+        writeln!(
+            out,
+            "~ picked up mid-stream   ? direction guessed from ports   * state inferred from a timeout   + TIME_WAIT still running when the capture ended"
+        )?;
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ use crate::decode::DecodeError;
 use crate::pipeline::Outcome;
 
 /// The counts of everything not tracked or doubtful, one line each, only those not zero.
-pub fn write_counters(out: &mut dyn Write, o: &Outcome, container: &ContainerCounters) -> io::Result<()> {
+pub fn write_counters(
+    out: &mut dyn Write,
+    o: &Outcome,
+    container: &ContainerCounters,
+) -> io::Result<()> {
     let p = &o.packets;
     let f = &o.flows;
     let mut lines: Vec<(String, u64)> = vec![
@@ -24,17 +28,41 @@ pub fn write_counters(out: &mut dyn Write, o: &Outcome, container: &ContainerCou
         ("IP but not TCP".into(), p.not_tcp),
         ("non-first IP fragments skipped".into(), p.ip_fragments),
         ("on an unsupported link type".into(), p.unsupported_link),
-        ("timestamp earlier than the packet before".into(), p.time_went_backwards),
-        ("after the --at time (not applied)".into(), p.after_stop_time),
-        ("connections picked up mid-stream".into(), f.midstream_pickups),
+        (
+            "timestamp earlier than the packet before".into(),
+            p.time_went_backwards,
+        ),
+        (
+            "after the --at time (not applied)".into(),
+            p.after_stop_time,
+        ),
+        (
+            "connections picked up mid-stream".into(),
+            f.midstream_pickups,
+        ),
         ("4-tuples reused by a new connection".into(), f.tuple_reuses),
-        ("  of them while one side was in TIME_WAIT".into(), f.time_wait_reuses),
-        ("records longer than the snap length".into(), container.caplen_over_snaplen),
-        ("pcapng packets on an undeclared interface".into(), container.unknown_interface),
-        ("pcapng blocks without packets skipped".into(), container.skipped_blocks),
+        (
+            "  of them while one side was in TIME_WAIT".into(),
+            f.time_wait_reuses,
+        ),
+        (
+            "records longer than the snap length".into(),
+            container.caplen_over_snaplen,
+        ),
+        (
+            "pcapng packets on an undeclared interface".into(),
+            container.unknown_interface,
+        ),
+        (
+            "pcapng blocks without packets skipped".into(),
+            container.skipped_blocks,
+        ),
     ];
     for e in DecodeError::ALL {
-        doubtful.push((format!("undecodable: {}", e.key()), p.undecodable[e.index()]));
+        doubtful.push((
+            format!("undecodable: {}", e.key()),
+            p.undecodable[e.index()],
+        ));
     }
     let (mut oow, mut inw, mut unexplained, mut late) = (0u64, 0u64, 0u64, 0u64);
     for c in &o.connections {
@@ -44,8 +72,14 @@ pub fn write_counters(out: &mut dyn Write, o: &Outcome, container: &ContainerCou
         late += u64::from(c.anomalies.after_close);
     }
     doubtful.push(("RSTs out of window (ignored)".into(), oow));
-    doubtful.push(("RSTs in window but not exact (challenge ACK, ignored)".into(), inw));
-    doubtful.push(("segments the state machine had no rule for".into(), unexplained));
+    doubtful.push((
+        "RSTs in window but not exact (challenge ACK, ignored)".into(),
+        inw,
+    ));
+    doubtful.push((
+        "segments the state machine had no rule for".into(),
+        unexplained,
+    ));
     doubtful.push(("segments after both sides closed".into(), late));
     lines.extend(doubtful.into_iter().filter(|(_, n)| *n > 0));
     for (what, n) in lines {

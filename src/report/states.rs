@@ -46,9 +46,9 @@ impl HostFilter {
         if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
             return Ok(HostFilter::Ip(ip));
         }
-        s.parse::<SockAddr>()
-            .map(HostFilter::Addr)
-            .map_err(|_| format!("--host '{s}': expected an address (10.0.0.1, ::1) or address:port"))
+        s.parse::<SockAddr>().map(HostFilter::Addr).map_err(|_| {
+            format!("--host '{s}': expected an address (10.0.0.1, ::1) or address:port")
+        })
     }
     fn keeps(&self, a: SockAddr) -> bool {
         match self {
@@ -67,12 +67,8 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
     // Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open).
     let mut listeners: BTreeSet<SockAddr> = BTreeSet::new();
     for c in conns {
-        if c.synack_first.is_some() && !c.direction_guessed && c.end(Side::Server).syn_first.is_some() {
-            let client_syn_first = c.end(Side::Client).syn_first;
-            let server_syn_first = c.end(Side::Server).syn_first;
-            if client_syn_first.is_none() || client_syn_first <= server_syn_first {
-                listeners.insert(c.end(Side::Server).addr);
-            }
+        if c.synack_first.is_some() && !c.direction_guessed && !c.simultaneous_open {
+            listeners.insert(c.end(Side::Server).addr);
         }
     }
     for l in listeners {
@@ -118,13 +114,35 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
 }
 
 pub fn write_text(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
-    let lw = rows.iter().map(|r| r.local.len()).max().unwrap_or(0).max(18);
-    let rw = rows.iter().map(|r| r.remote.len()).max().unwrap_or(0).max(17);
-    writeln!(out, "{:<12} {:<lw$} {:<rw$} CONN", "State", "Local Address:Port", "Peer Address:Port")?;
+    let lw = rows
+        .iter()
+        .map(|r| r.local.len())
+        .max()
+        .unwrap_or(0)
+        .max(18);
+    let rw = rows
+        .iter()
+        .map(|r| r.remote.len())
+        .max()
+        .unwrap_or(0)
+        .max(17);
+    writeln!(
+        out,
+        "{:<12} {:<lw$} {:<rw$} CONN",
+        "State", "Local Address:Port", "Peer Address:Port"
+    )?;
     for r in rows {
-        let conn = if r.conn == 0 { "-".to_string() } else { r.conn.to_string() };
+        let conn = if r.conn == 0 {
+            "-".to_string()
+        } else {
+            r.conn.to_string()
+        };
         let mark = if r.inferred { " (inferred)" } else { "" };
-        writeln!(out, "{:<12} {:<lw$} {:<rw$} {conn}{mark}", r.state, r.local, r.remote)?;
+        writeln!(
+            out,
+            "{:<12} {:<lw$} {:<rw$} {conn}{mark}",
+            r.state, r.local, r.remote
+        )?;
     }
     writeln!(out)?;
     for (state, n) in state_counts(rows) {

@@ -20,6 +20,8 @@ pub enum Event {
     SentFinCrossed,
     /// The endpoint sent a RST that its peer accepted: its socket is gone.
     SentRst,
+    /// It sent payload (a request socket in SYN_RECV cannot: it must have been accepted).
+    SentData,
     /// A SYN without ACK reached it (seen by an endpoint that had sent its own SYN).
     RecvSyn,
     /// A SYN-ACK acknowledging its SYN reached it.
@@ -48,6 +50,10 @@ pub fn next_state(state: TcpState, event: Event) -> Option<TcpState> {
         (Closed, SentSyn) => SynSent,
         // A retransmitted SYN: still waiting for an answer.
         (SynSent, SentSyn) => SynSent,
+        // The responder sends a SYN of its own: a simultaneous open (it never got the first SYN).
+        (Listen, SentSyn) => SynSent,
+        // Its SYN retransmitted while the peer's SYN is in: simultaneous open, crossing.
+        (SynRecv, SentSyn) => SynRecv,
         // A retransmitted SYN-ACK, or the peer's SYN retransmitted during a simultaneous open.
         (SynRecv, SentSynAck | RecvSyn) => SynRecv,
         // A retransmitted SYN-ACK reaching a client that is already open: it answers with an ACK.
@@ -58,12 +64,16 @@ pub fn next_state(state: TcpState, event: Event) -> Option<TcpState> {
         (SynSent, RecvSyn) => SynRecv,
         // Simultaneous open, seen from the answer rather than the SYN.
         (SynSent, SentSynAck) => SynRecv,
+        // Simultaneous open: its SYN-ACK crossed the peer's, which already opened it.
+        (Established, SentSynAck) => Established,
         // The client side of the handshake: the SYN-ACK covers our SYN.
         (SynSent, RecvSynAck) => Established,
         // Simultaneous open completes when the peer's SYN-ACK covers our SYN.
         (SynRecv, RecvSynAck) => Established,
         // The server side: the third segment (or data carrying the ACK) covers our SYN-ACK.
         (SynRecv, RecvAckOfSyn) => Established,
+        // Data from a side we thought was still in the handshake: its ACK arrived unseen.
+        (SynRecv, SentData) => Established,
         // A SYN-ACK retransmitted after we took an ACK as delivered: it never arrived.
         (Established, ResentSynAck) => SynRecv,
         // Active close.
@@ -139,8 +149,18 @@ mod tests {
     #[test]
     fn only_time_or_reset_leaves_time_wait() {
         for ev in [
-            SentSyn, SentSynAck, SentFin, SentFinCrossed, RecvSyn, RecvSynAck, RecvAckOfSyn,
-            RecvAckOfFin, RecvFin, HandshakeGaveUp, ResentSynAck,
+            SentSyn,
+            SentSynAck,
+            SentFin,
+            SentFinCrossed,
+            SentData,
+            RecvSyn,
+            RecvSynAck,
+            RecvAckOfSyn,
+            RecvAckOfFin,
+            RecvFin,
+            HandshakeGaveUp,
+            ResentSynAck,
         ] {
             assert_eq!(next_state(TimeWait, ev), None, "{ev:?} moved TIME_WAIT");
         }

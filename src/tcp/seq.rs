@@ -62,7 +62,10 @@ mod tests {
     #[test]
     fn rst_judgement_follows_rfc5961() {
         assert_eq!(judge_rst(100, 100, 1000, false), RstVerdict::Accepted);
-        assert_eq!(judge_rst(150, 100, 1000, false), RstVerdict::InWindowNotExact);
+        assert_eq!(
+            judge_rst(150, 100, 1000, false),
+            RstVerdict::InWindowNotExact
+        );
         assert_eq!(judge_rst(5000, 100, 1000, false), RstVerdict::OutOfWindow);
         assert_eq!(judge_rst(99, 100, 1000, false), RstVerdict::OutOfWindow);
         assert_eq!(judge_rst(99, 100, 1000, true), RstVerdict::Accepted);
