@@ -716,10 +716,15 @@ impl Connection {
         };
         match verdict {
             RstVerdict::Accepted => {
+                // A responder that never answered had no socket: RFC 793's CLOSED sends the RST.
+                let sender_state = match self.ends[s].state {
+                    Listen => Closed,
+                    st => st,
+                };
                 let info = ResetInfo {
                     by: from,
                     ts,
-                    sender_state: self.ends[s].state,
+                    sender_state,
                     receiver_state: self.ends[r].state,
                 };
                 if self.reset.is_none() {

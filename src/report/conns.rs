@@ -30,7 +30,11 @@ fn close_words(r: &ConnSummary) -> String {
         });
     }
     if let (Some(by), Some(st)) = (r.reset_by, r.reset_sender_state) {
-        parts.push(format!("{by} RST in {st}"));
+        if r.handshake == "refused" {
+            parts.push(format!("{by} RST (refused)"));
+        } else {
+            parts.push(format!("{by} RST in {st}"));
+        }
     }
     if parts.is_empty() {
         "-".into()

@@ -1,7 +1,7 @@
 //! `tcpstate states`: what `ss -tan` would have listed, one line per endpoint socket,
 //! then the count per state as `netstat -n | awk '/^tcp/ {++S[$NF]} END {...}'` prints it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
@@ -11,6 +11,7 @@ use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::Side;
 use crate::tcp::TcpState;
+use crate::time::Ts;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SocketRow {
@@ -58,20 +59,24 @@ impl HostFilter {
     }
 }
 
-fn epoch(ts: crate::time::Ts) -> f64 {
+fn epoch(ts: Ts) -> f64 {
     (ts.0 as f64 / 1e3).round() / 1e6
 }
 
 pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
     let mut rows = Vec::new();
     // Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open).
-    let mut listeners: BTreeSet<SockAddr> = BTreeSet::new();
+    let mut listeners: BTreeMap<SockAddr, Ts> = BTreeMap::new();
     for c in conns {
-        if c.synack_first.is_some() && !c.direction_guessed && !c.simultaneous_open {
-            listeners.insert(c.end(Side::Server).addr);
+        if let Some(first) = c.synack_first
+            && !c.direction_guessed
+            && !c.simultaneous_open
+        {
+            let since = listeners.entry(c.end(Side::Server).addr).or_insert(first);
+            *since = (*since).min(first);
         }
     }
-    for l in listeners {
+    for (l, since) in listeners {
         if sel.host.is_none_or(|h| h.keeps(l)) {
             rows.push(SocketRow {
                 local: l.to_string(),
@@ -79,7 +84,7 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
                 state: TcpState::Listen.name(),
                 conn: 0,
                 role: "server",
-                since: 0.0,
+                since: epoch(since),
                 inferred: true,
                 partial: false,
             });
