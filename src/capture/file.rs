@@ -14,6 +14,7 @@ use crate::decode::LinkType;
 use crate::time::Ts;
 
 const BUFFER_BYTES: usize = 1 << 20;
+const HEAD_BYTES: usize = 256 << 10;
 /// No record may be larger than this: pcapng blocks of a few MiB exist, gigabytes do not.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
@@ -66,9 +67,10 @@ fn read_one(
         kind,
     };
     // Peek enough to tell a capture from anything else, with a message that shows what it is.
-    let mut head = Vec::with_capacity(64);
+    // The whole first block must be in the first read pcap-parser makes, so peek generously.
+    let mut head = Vec::with_capacity(HEAD_BYTES);
     (&mut input)
-        .take(64)
+        .take(HEAD_BYTES as u64)
         .read_to_end(&mut head)
         .map_err(|e| err(CaptureErrorKind::Read(e.to_string())))?;
     if head.is_empty() {
@@ -154,9 +156,13 @@ fn read_one(
                     }
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        // An interface of another link type is an error only in a classic
+                        // pcap; in pcapng its packets are counted and named in the report.
                         let linktype = idb.linktype.0;
-                        if LinkType::from_linktype(linktype).is_none() {
-                            return Err(err(CaptureErrorKind::UnsupportedLinkType { linktype }));
+                        if LinkType::from_linktype(linktype).is_none()
+                            && !counters.unsupported_linktypes.contains(&linktype)
+                        {
+                            counters.unsupported_linktypes.push(linktype);
                         }
                         let units_per_sec = idb.ts_resolution().ok_or_else(|| {
                             err(CaptureErrorKind::Corrupt {

@@ -87,7 +87,7 @@ impl fmt::Display for CaptureError {
             ),
             CaptureErrorKind::UnsupportedLinkType { linktype } => write!(
                 f,
-                "{src}: unsupported link type {}; tcpstate reads Ethernet, Linux cooked (SLL, SLL2), raw IP and BSD loopback",
+                "{src}: unsupported link type {}; tcpstate reads Ethernet, Linux cooked (SLL, SLL2), raw IP, BSD loopback and FDDI",
                 crate::decode::linktype_name(*linktype)
             ),
             CaptureErrorKind::Read(e) => write!(f, "{src}: read error: {e}"),
@@ -99,8 +99,10 @@ impl fmt::Display for CaptureError {
 impl std::error::Error for CaptureError {}
 
 /// Counted oddities in the capture container itself (not in the packets).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerCounters {
+    /// Link types of pcapng interfaces tcpstate cannot decode (their packets are counted).
+    pub unsupported_linktypes: Vec<i32>,
     /// Records whose captured length exceeds the file's snap length.
     pub caplen_over_snaplen: u64,
     /// pcapng packets naming an interface the section never described.

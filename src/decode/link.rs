@@ -17,12 +17,14 @@ pub enum LinkType {
     LinuxSll2,
     Ipv4,
     Ipv6,
+    Fddi,
 }
 
 impl LinkType {
     pub fn from_linktype(value: i32) -> Option<LinkType> {
         Some(match value {
             0 => LinkType::Null,
+            10 => LinkType::Fddi,
             1 => LinkType::Ethernet,
             // 101 is the registry's value; 12 and 14 are what some BSDs write for raw IP.
             101 | 12 | 14 => LinkType::Raw,
@@ -110,6 +112,11 @@ pub fn strip_link(link: LinkType, frame: &[u8]) -> Result<LinkPayload<'_>, Decod
                 2 | 10 | 24 | 28 | 30 => Ok(LinkPayload::Ip(&frame[4..])),
                 _ => Ok(LinkPayload::NotIp),
             }
+        }
+        LinkType::Fddi => {
+            // Frame control and two addresses (13 bytes), then LLC; IP rides in SNAP.
+            let llc = frame.get(13..).ok_or(DecodeError::TruncatedLinkHeader)?;
+            ethertype_payload(llc.len().min(1500) as u16, llc, 0)
         }
         LinkType::LinuxSll => {
             let proto = be16(frame, 14).ok_or(DecodeError::TruncatedLinkHeader)?;

@@ -27,7 +27,22 @@ pub fn write_counters(
         ("not IP".into(), p.not_ip),
         ("IP but not TCP".into(), p.not_tcp),
         ("non-first IP fragments skipped".into(), p.ip_fragments),
-        ("on an unsupported link type".into(), p.unsupported_link),
+        (
+            format!(
+                "on an unsupported link type{}",
+                if container.unsupported_linktypes.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<String> = container
+                        .unsupported_linktypes
+                        .iter()
+                        .map(|l| crate::decode::linktype_name(*l))
+                        .collect();
+                    format!(" ({})", names.join(", "))
+                }
+            ),
+            p.unsupported_link,
+        ),
         (
             "timestamp earlier than the packet before".into(),
             p.time_went_backwards,
