@@ -121,6 +121,7 @@ fn read_one(
 
     let mut packets: u64 = 0;
     let mut legacy: Option<(i32, bool, u32)> = None; // linktype, nanosecond, snaplen
+    let mut legacy_big_endian = false;
     let mut interfaces: Vec<Interface> = Vec::new();
     let mut capacity = BUFFER_BYTES;
     loop {
@@ -135,6 +136,7 @@ fn read_one(
                             return Err(err(CaptureErrorKind::UnsupportedLinkType { linktype }));
                         }
                         legacy = Some((linktype, h.is_nanosecond_precision(), h.snaplen));
+                        legacy_big_endian = h.is_bigendian();
                     }
                     PcapBlockOwned::Legacy(b) => {
                         let (linktype, nanos, snaplen) = legacy.unwrap_or((1, false, 0));
@@ -219,6 +221,21 @@ fn read_one(
             }
             Err(PcapError::Eof) => return Ok(ControlFlow::Continue(())),
             Err(PcapError::Incomplete(_)) => {
+                // An absurd record length is corrupt whatever follows it: say so at once
+                // rather than reading on to the end of the file.
+                if legacy.is_some()
+                    && let Some(len) = reader.data().get(8..12)
+                {
+                    let len = [len[0], len[1], len[2], len[3]];
+                    let caplen = if legacy_big_endian {
+                        u32::from_be_bytes(len)
+                    } else {
+                        u32::from_le_bytes(len)
+                    };
+                    if caplen as usize > MAX_RECORD_BYTES {
+                        return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
+                    }
+                }
                 reader
                     .refill()
                     .map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;

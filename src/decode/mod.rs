@@ -5,7 +5,7 @@ pub mod link;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{LaxIpSlice, TcpHeaderSlice, TcpOptionElement};
+use etherparse::LaxIpSlice;
 
 pub use link::{LinkType, linktype_name};
 
@@ -203,36 +203,67 @@ pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::BadTcpDataOffset);
     }
     let header_len = u32::from(data_offset) * 4;
-    let tcp = TcpHeaderSlice::from_slice(tcp_bytes).map_err(|_| DecodeError::TruncatedTcpHeader)?;
     let ip_payload_len = ip_payload_len.unwrap_or(tcp_bytes.len() as u32);
     if ip_payload_len < header_len {
         return Err(DecodeError::TcpHeaderBeyondIpPayload);
     }
     let flags = tcp_bytes[13];
+    // The fixed 20 bytes are enough; options are read as far as the snap length kept them
+    // (a 68-byte snap length cuts every SYN's options).
+    let options_end = (header_len as usize).min(tcp_bytes.len());
     let wscale = if flags & flags::SYN != 0 {
-        tcp.options_iterator().find_map(|o| match o {
-            Ok(TcpOptionElement::WindowScale(s)) => Some(s),
-            _ => None,
-        })
+        window_scale(&tcp_bytes[20..options_end])
     } else {
         None
+    };
+    // Fixed-offset fields of the 20-byte header (RFC 9293 section 3.1). etherparse's
+    // TcpHeaderSlice insists on the whole options area, which a snap length may have cut.
+    let be16 = |at: usize| u16::from_be_bytes([tcp_bytes[at], tcp_bytes[at + 1]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([
+            tcp_bytes[at],
+            tcp_bytes[at + 1],
+            tcp_bytes[at + 2],
+            tcp_bytes[at + 3],
+        ])
     };
     Ok(Decoded::Tcp(Segment {
         src: SockAddr {
             ip: src_ip,
-            port: tcp.source_port(),
+            port: be16(0),
         },
         dst: SockAddr {
             ip: dst_ip,
-            port: tcp.destination_port(),
+            port: be16(2),
         },
-        seq: tcp.sequence_number(),
-        ack: tcp.acknowledgment_number(),
+        seq: be32(4),
+        ack: be32(8),
         flags,
-        window: tcp.window_size(),
+        window: be16(14),
         wscale,
         payload_len: ip_payload_len - header_len,
     }))
+}
+
+/// The window-scale shift from a TCP options area, if the option is there and whole.
+fn window_scale(mut options: &[u8]) -> Option<u8> {
+    while let Some(&kind) = options.first() {
+        match kind {
+            0 => return None,
+            1 => options = &options[1..],
+            _ => {
+                let len = usize::from(*options.get(1)?);
+                if len < 2 || len > options.len() {
+                    return None;
+                }
+                if kind == 3 && len == 3 {
+                    return Some(options[2]);
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -171,7 +171,8 @@ pub fn state_counts(rows: &[SocketRow]) -> Vec<(&'static str, usize)> {
 
 pub fn write_json(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
     for r in rows {
-        serde_json::to_writer(&mut *out, r).map_err(io::Error::other)?;
+        // io::Error::from keeps a broken pipe a broken pipe.
+        serde_json::to_writer(&mut *out, r).map_err(io::Error::from)?;
         out.write_all(b"\n")?;
     }
     Ok(())
