@@ -126,6 +126,21 @@ fn read_one(
     let mut capacity = BUFFER_BYTES;
     loop {
         let offset = reader.consumed() as u64;
+        // An absurd record length is corrupt whatever follows it: say so before pcap-parser
+        // grows its buffer or reads on to the end of the file looking for the record.
+        if let Some(big_endian) = legacy.map(|_| legacy_big_endian)
+            && let Some(len) = reader.data().get(8..12)
+        {
+            let len = [len[0], len[1], len[2], len[3]];
+            let caplen = if big_endian {
+                u32::from_be_bytes(len)
+            } else {
+                u32::from_le_bytes(len)
+            };
+            if caplen as usize > MAX_RECORD_BYTES {
+                return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
+            }
+        }
         match reader.next() {
             Ok((len, block)) => {
                 let mut flow = ControlFlow::Continue(());
@@ -221,21 +236,6 @@ fn read_one(
             }
             Err(PcapError::Eof) => return Ok(ControlFlow::Continue(())),
             Err(PcapError::Incomplete(_)) => {
-                // An absurd record length is corrupt whatever follows it: say so at once
-                // rather than reading on to the end of the file.
-                if legacy.is_some()
-                    && let Some(len) = reader.data().get(8..12)
-                {
-                    let len = [len[0], len[1], len[2], len[3]];
-                    let caplen = if legacy_big_endian {
-                        u32::from_be_bytes(len)
-                    } else {
-                        u32::from_le_bytes(len)
-                    };
-                    if caplen as usize > MAX_RECORD_BYTES {
-                        return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
-                    }
-                }
                 reader
                     .refill()
                     .map_err(|e| err(CaptureErrorKind::Read(format!("{e:?}"))))?;
