@@ -258,6 +258,27 @@ fn new_syn_takes_over_a_server_time_wait() {
 }
 
 #[test]
+fn a_new_attempt_from_the_same_port_closes_the_abandoned_one() {
+    let mut d = Dialog::new();
+    // An unanswered SYN, then a new socket on the same port with a new ISN.
+    d.raw(Side::Client, SYN, 1000, 0, 0, 0)
+        .raw(Side::Client, SYN, 777_000, 0, 0, 500);
+    let (conns, tr) = d.finish(Dur(0));
+    assert_eq!(conns.len(), 2);
+    assert_eq!(
+        conns[0].end(Side::Client).state,
+        Closed,
+        "the abandoned socket is gone"
+    );
+    assert_eq!(conns[1].end(Side::Client).state, SynSent);
+    let t = tr
+        .iter()
+        .find(|t| t.conn_id == conns[0].id && t.to == Closed)
+        .unwrap();
+    assert_eq!(t.event, Event::Superseded);
+}
+
+#[test]
 fn late_packets_after_close_make_no_phantom_connection() {
     let mut d = established();
     d.c(FIN | ACK).s(FIN | ACK).c(ACK);
@@ -387,7 +408,7 @@ proptest! {
         }
         let (_, transitions) = d.finish(Dur(0));
         for t in transitions.iter().filter(|t| t.from == TimeWait) {
-            prop_assert!(matches!(t.event, Event::TimeWaitExpired | Event::RecvRst | Event::SentRst), "{:?}", t);
+            prop_assert!(matches!(t.event, Event::TimeWaitExpired | Event::Superseded | Event::RecvRst | Event::SentRst), "{:?}", t);
         }
     }
 

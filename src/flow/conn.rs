@@ -354,6 +354,7 @@ impl Connection {
         {
             let why = match event {
                 Event::TimeWaitExpired => TimeWaitEnd::Expired,
+                Event::Superseded => TimeWaitEnd::Reused,
                 _ => TimeWaitEnd::Reset,
             };
             tw.end = Some((ts, why));
@@ -438,26 +439,7 @@ impl Connection {
     pub fn supersede(&mut self, ts: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
         self.advance_time(ts, cfg, sink);
         for side in [Side::Client, Side::Server] {
-            let end = &mut self.ends[side.index()];
-            if end.state == TimeWait {
-                if let Some(tw) = end.time_wait.as_mut() {
-                    tw.end = Some((ts, TimeWaitEnd::Reused));
-                }
-                let from = end.state;
-                end.state = Closed;
-                end.state_since = ts;
-                if let Some(sink) = sink.as_deref_mut() {
-                    sink.push(Transition {
-                        ts,
-                        conn_id: self.id,
-                        side,
-                        from,
-                        to: Closed,
-                        event: Event::TimeWaitExpired,
-                        packet: 0,
-                    });
-                }
-            }
+            self.set_state(side, Event::Superseded, ts, 0, sink);
         }
         self.superseded_at = Some(ts);
     }

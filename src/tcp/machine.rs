@@ -36,6 +36,9 @@ pub enum Event {
     RecvRst,
     /// Packet time passed 2MSL after entering TIME_WAIT.
     TimeWaitExpired,
+    /// A new connection took the 4-tuple over: this socket is gone (a server's TIME_WAIT
+    /// accepting a new SYN, or a client that abandoned an attempt and reconnected).
+    Superseded,
     /// Its SYN (or SYN-ACK) retransmissions stopped long enough ago that its kernel has given up.
     HandshakeGaveUp,
     /// It retransmitted its SYN-ACK after an ACK was seen: that ACK never reached it.
@@ -96,6 +99,8 @@ pub fn next_state(state: TcpState, event: Event) -> Option<TcpState> {
         (LastAck, RecvAckOfFin) => Closed,
         // 2MSL passed.
         (TimeWait, TimeWaitExpired) => Closed,
+        // A new connection on the same 4-tuple replaces whatever socket was left.
+        (_, Superseded) if state.has_socket() => Closed,
         // The kernel stopped retrying its SYN or SYN-ACK.
         (SynSent | SynRecv, HandshakeGaveUp) => Closed,
         // An acceptable RST closes any socket, TIME_WAIT included (Linux's tcp_rfc1337=0).
@@ -166,6 +171,8 @@ mod tests {
         }
         assert_eq!(next_state(TimeWait, TimeWaitExpired), Some(Closed));
         assert_eq!(next_state(TimeWait, RecvRst), Some(Closed));
+        assert_eq!(next_state(TimeWait, Superseded), Some(Closed));
+        assert_eq!(next_state(Closed, Superseded), None);
     }
 
     #[test]
