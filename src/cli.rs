@@ -9,8 +9,8 @@ use crate::analysis::summarize;
 use crate::capture::filter::PacketFilter;
 use crate::capture::{ContainerCounters, file};
 use crate::flow::EngineConfig;
-use crate::pipeline::{Engine, Outcome};
-use crate::report::{self, conns, states};
+use crate::pipeline::{Engine, Outcome, Watch};
+use crate::report::{self, conns, events, states};
 use crate::time::{Dur, Ts, parse_time_arg};
 
 /// Exit statuses, also listed in `--help` and the README.
@@ -39,6 +39,8 @@ pub enum Command {
     Conns(ConnsArgs),
     /// What `ss -tan` would have shown at the end of the capture (or at --at), and the count per state.
     States(StatesArgs),
+    /// Every state change of every endpoint in time order, with the packet that caused it.
+    Events(EventsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -63,8 +65,12 @@ pub struct InputArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// Aligned columns for people.
     Text,
+    /// One JSON object per line.
     Json,
+    /// A header row, then one row per record; numbers raw, unset values empty.
+    Csv,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +98,14 @@ pub struct StatesArgs {
     pub all: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 /// An error that ends the run with a status.
 pub struct Failure {
     pub status: i32,
@@ -106,10 +120,20 @@ fn usage(message: String) -> Failure {
 }
 
 /// Runs the engine over the inputs. Returns the outcome and, if reading stopped early, why.
+/// What to keep beyond the connection records.
+#[derive(Default)]
+struct Keep<'a> {
+    /// Report as of this time (`--at`).
+    stop_at: Option<&'a str>,
+    transitions: bool,
+    watch: Option<Watch>,
+}
+
 fn run_engine(
     input: &InputArgs,
-    stop_at: Option<&str>,
+    keep: Keep<'_>,
 ) -> Result<(Outcome, ContainerCounters, Option<String>), Failure> {
+    let stop_at = keep.stop_at;
     if !(input.time_wait.is_finite() && input.time_wait >= 0.0) {
         return Err(usage(format!(
             "--time-wait {}: expected seconds >= 0",
@@ -138,7 +162,11 @@ fn run_engine(
         // Validate the number now; resolve against the first packet below.
         parse_time_arg(rel, Some(Ts(0))).map_err(usage)?;
     }
-    let mut engine = Engine::new(cfg).with_filter(filter).stop_after(stop);
+    let mut engine = Engine::new(cfg)
+        .with_filter(filter)
+        .stop_after(stop)
+        .record_transitions(keep.transitions)
+        .watch(keep.watch);
     let mut container = ContainerCounters::default();
     let result = file::read_files(&input.files, &mut container, &mut |pkt| {
         if let Some(rel) = relative.take()
@@ -187,7 +215,7 @@ fn finish_status(fault: Option<String>) -> Result<(), Failure> {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Conns(args) => {
-            let (outcome, container, fault) = run_engine(&args.input, None)?;
+            let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
             let end = outcome.end_ts.unwrap_or_default();
             let rows: Vec<_> = outcome
                 .connections
@@ -197,7 +225,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let start = outcome.first_ts.map(|t| t.as_secs_f64());
             write_out(|out| match args.format {
                 Format::Text => conns::write_table(out, &rows, start),
-                Format::Json => conns::write_json(out, &rows),
+                Format::Json => report::write_json_lines(out, &rows),
+                Format::Csv => report::write_csv(out, &rows),
             })?;
             report_counters(args.input.quiet, &outcome, &container);
             finish_status(fault)
@@ -209,7 +238,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .map(states::HostFilter::parse)
                 .transpose()
                 .map_err(usage)?;
-            let (outcome, container, fault) = run_engine(&args.input, args.at.as_deref())?;
+            let keep = Keep {
+                stop_at: args.at.as_deref(),
+                ..Keep::default()
+            };
+            let (outcome, container, fault) = run_engine(&args.input, keep)?;
             let sel = states::Selection {
                 all: args.all,
                 host,
@@ -217,7 +250,23 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let rows = states::socket_rows(&outcome.connections, &sel);
             write_out(|out| match args.format {
                 Format::Text => states::write_text(out, &rows),
-                Format::Json => states::write_json(out, &rows),
+                Format::Json => report::write_json_lines(out, &rows),
+                Format::Csv => report::write_csv(out, &rows),
+            })?;
+            report_counters(args.input.quiet, &outcome, &container);
+            finish_status(fault)
+        }
+        Command::Events(args) => {
+            let keep = Keep {
+                transitions: true,
+                ..Keep::default()
+            };
+            let (outcome, container, fault) = run_engine(&args.input, keep)?;
+            let rows = events::event_rows(&outcome.transitions, &outcome.connections);
+            write_out(|out| match args.format {
+                Format::Text => events::write_text(out, &rows, outcome.first_ts),
+                Format::Json => report::write_json_lines(out, &rows),
+                Format::Csv => report::write_csv(out, &rows),
             })?;
             report_counters(args.input.quiet, &outcome, &container);
             finish_status(fault)

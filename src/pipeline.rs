@@ -3,9 +3,9 @@
 
 use crate::capture::RawPacket;
 use crate::capture::filter::PacketFilter;
-use crate::decode::{self, DecodeError, Decoded, LinkType};
+use crate::decode::{self, DecodeError, Decoded, LinkType, Segment};
 use crate::flow::conn::Transition;
-use crate::flow::{Connection, EngineConfig, FlowCounters, FlowTable};
+use crate::flow::{Connection, EngineConfig, FlowCounters, FlowKey, FlowTable};
 use crate::time::Ts;
 
 /// What happened to the packets that did not drive a state machine.
@@ -31,6 +31,25 @@ impl PacketCounters {
     }
 }
 
+/// Which connections to keep every packet of (`explain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The connection with this id (as `conns` numbers them).
+    Id(u64),
+    /// Every connection on this 4-tuple.
+    Tuple(FlowKey),
+}
+
+/// One packet of a watched connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenPacket {
+    /// 1-based number over all input, as in transitions.
+    pub packet: u64,
+    pub ts: Ts,
+    pub conn_id: u64,
+    pub seg: Segment,
+}
+
 pub struct Engine {
     pub cfg: EngineConfig,
     table: FlowTable,
@@ -40,6 +59,8 @@ pub struct Engine {
     clock: Option<Ts>,
     stop_after: Option<Ts>,
     transitions: Option<Vec<Transition>>,
+    watch: Option<Watch>,
+    watched: Vec<SeenPacket>,
 }
 
 /// Everything a report needs once the input is done.
@@ -51,6 +72,8 @@ pub struct Outcome {
     /// The time the engine's clock stopped at: the last packet, or `--at`.
     pub end_ts: Option<Ts>,
     pub transitions: Vec<Transition>,
+    /// Packets of the watched connections, in input order.
+    pub watched: Vec<SeenPacket>,
 }
 
 impl Engine {
@@ -64,7 +87,14 @@ impl Engine {
             clock: None,
             stop_after: None,
             transitions: None,
+            watch: None,
+            watched: Vec::new(),
         }
+    }
+
+    pub fn watch(mut self, watch: Option<Watch>) -> Engine {
+        self.watch = watch;
+        self
     }
 
     pub fn with_filter(mut self, filter: Option<PacketFilter>) -> Engine {
@@ -125,9 +155,32 @@ impl Engine {
         match decode::decode(link, pkt.data) {
             Ok(Decoded::Tcp(seg)) => {
                 self.counters.tcp += 1;
+                let packet = self.counters.packets;
+                let recorded = self.transitions.as_ref().map_or(0, Vec::len);
                 let mut sink = self.transitions.as_mut();
-                self.table
-                    .on_segment(&seg, ts, self.counters.packets, &self.cfg, &mut sink);
+                let conn_id = self
+                    .table
+                    .on_segment(&seg, ts, packet, &self.cfg, &mut sink);
+                if let Some(list) = self.transitions.as_mut() {
+                    for t in &mut list[recorded..] {
+                        if t.packet == packet {
+                            t.cause = Some(seg);
+                        }
+                    }
+                }
+                let watched = match self.watch {
+                    None => false,
+                    Some(Watch::Id(id)) => id == conn_id,
+                    Some(Watch::Tuple(key)) => key == FlowKey::new(seg.src, seg.dst),
+                };
+                if watched {
+                    self.watched.push(SeenPacket {
+                        packet,
+                        ts,
+                        conn_id,
+                        seg,
+                    });
+                }
             }
             Ok(Decoded::NotTcp) => self.counters.not_tcp += 1,
             Ok(Decoded::NotIp) => self.counters.not_ip += 1,
@@ -158,6 +211,7 @@ impl Engine {
             first_ts: self.first_ts,
             end_ts: end,
             transitions,
+            watched: self.watched,
         }
     }
 }

@@ -68,6 +68,11 @@ impl fmt::Display for Dur {
 
 /// Parses a time given on the command line: RFC 3339, epoch seconds, or `+SECS`
 /// relative to `capture_start`.
+/// Epoch seconds rounded to the microsecond captures record (no `.30000000001` noise).
+pub fn epoch_secs(ts: Ts) -> f64 {
+    (ts.0 as f64 / 1e3).round() / 1e6
+}
+
 pub fn parse_time_arg(arg: &str, capture_start: Option<Ts>) -> Result<Ts, String> {
     let arg = arg.trim();
     if let Some(rel) = arg.strip_prefix('+') {

@@ -7,10 +7,7 @@ use crate::flow::Connection;
 use crate::flow::conn::{Handshake, Side, TimeWaitEnd};
 use crate::time::Ts;
 
-fn secs(ts: Ts) -> f64 {
-    // Microsecond precision, as captures record it; avoids float noise like .30000000001.
-    (ts.0 as f64 / 1e3).round() / 1e6
-}
+use crate::time::epoch_secs as secs;
 
 fn dur(from: Ts, to: Ts) -> f64 {
     (to.since(from).0 as f64 / 1e3).round() / 1e6

@@ -94,6 +94,8 @@ pub struct Transition {
     pub event: Event,
     /// Number of the packet (1-based, over all input) that caused it; 0 for timers.
     pub packet: u64,
+    /// That packet's TCP facts (filled in by the pipeline when transitions are recorded).
+    pub cause: Option<Segment>,
 }
 
 /// What is known of one endpoint.
@@ -120,6 +122,9 @@ pub struct Endpoint {
     pub syn_prev: Option<Ts>,
     pub syn_count: u32,
     pub synack_count: u32,
+    /// Times of its SYN (or SYN-ACK) sends, kept only once it retransmitted (at most
+    /// `SYN_TIMES_KEPT`): the retransmission spacing diagnoses read.
+    pub syn_times: Vec<Ts>,
     pub fin_retransmits: u32,
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
@@ -147,6 +152,7 @@ impl Endpoint {
             syn_prev: None,
             syn_count: 0,
             synack_count: 0,
+            syn_times: Vec::new(),
             fin_retransmits: 0,
             packets: 0,
             bytes: 0,
@@ -384,6 +390,7 @@ impl Connection {
                 to,
                 event,
                 packet,
+                cause: None,
             });
         }
         true
@@ -436,10 +443,16 @@ impl Connection {
     }
 
     /// A new connection took the 4-tuple over at `ts`: sockets still in TIME_WAIT end there.
-    pub fn supersede(&mut self, ts: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+    pub fn supersede(
+        &mut self,
+        ts: Ts,
+        packet: u64,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) {
         self.advance_time(ts, cfg, sink);
         for side in [Side::Client, Side::Server] {
-            self.set_state(side, Event::Superseded, ts, 0, sink);
+            self.set_state(side, Event::Superseded, ts, packet, sink);
         }
         self.superseded_at = Some(ts);
     }
@@ -727,6 +740,9 @@ impl Connection {
     }
 }
 
+/// How many SYN send times an endpoint keeps (Linux's default tcp_syn_retries is 6: 7 sends).
+pub const SYN_TIMES_KEPT: usize = 16;
+
 fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
     end.isn = Some(seg.seq);
     let after = seg.seq.wrapping_add(1);
@@ -739,7 +755,14 @@ fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
     } else {
         end.syn_count += 1;
     }
-    end.syn_first.get_or_insert(ts);
+    let first = *end.syn_first.get_or_insert(ts);
+    if end.syn_count + end.synack_count >= 2 && end.syn_times.len() < SYN_TIMES_KEPT {
+        // Allocate only for the few connections that retransmit.
+        if end.syn_times.is_empty() {
+            end.syn_times.push(first);
+        }
+        end.syn_times.push(ts);
+    }
     end.syn_prev = end.syn_last;
     end.syn_last = Some(ts);
 }

@@ -56,6 +56,7 @@ impl FlowTable {
         self.live.is_empty()
     }
 
+    /// Feeds one segment; returns the id of the connection it was given to.
     pub fn on_segment(
         &mut self,
         seg: &Segment,
@@ -63,7 +64,7 @@ impl FlowTable {
         packet: u64,
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
-    ) {
+    ) -> u64 {
         let key = FlowKey::new(seg.src, seg.dst);
         match self.live.get_mut(&key) {
             Some(conn) => {
@@ -80,12 +81,14 @@ impl FlowTable {
                     if fresh.partial {
                         self.counters.midstream_pickups += 1;
                     }
-                    conn.supersede(ts, cfg, sink);
+                    conn.supersede(ts, packet, cfg, sink);
                     fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
                     let old = std::mem::replace(conn, fresh);
                     self.superseded.push(old);
+                    id
                 } else {
                     conn.on_segment(seg, side, ts, packet, cfg, sink);
+                    conn.id
                 }
             }
             None => {
@@ -98,6 +101,7 @@ impl FlowTable {
                 }
                 conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
                 self.live.insert(key, conn);
+                id
             }
         }
     }

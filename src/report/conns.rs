@@ -3,15 +3,7 @@
 use std::io::{self, Write};
 
 use crate::analysis::ConnSummary;
-
-pub fn write_json(out: &mut dyn Write, rows: &[ConnSummary]) -> io::Result<()> {
-    for r in rows {
-        // io::Error::from keeps a broken pipe a broken pipe.
-        serde_json::to_writer(&mut *out, r).map_err(io::Error::from)?;
-        out.write_all(b"\n")?;
-    }
-    Ok(())
-}
+use crate::report::Table;
 
 fn opt_secs(v: Option<f64>) -> String {
     match v {
@@ -97,7 +89,7 @@ pub fn write_table(
         "PKTS_C/S",
         "BYTES_C/S",
     ];
-    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    let mut table = Table::new(&header);
     let base = capture_start.unwrap_or(0.0);
     for r in rows {
         let mut flags = String::new();
@@ -114,7 +106,7 @@ pub fn write_table(
                 s.to_string()
             }
         };
-        table.push(vec![
+        table.row(vec![
             format!("{}{flags}", r.id),
             r.client.clone(),
             r.server.clone(),
@@ -134,26 +126,7 @@ pub fn write_table(
             format!("{}/{}", r.client_bytes, r.server_bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in &table {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
+    table.write(out)?;
     if rows.iter().any(|r| {
         r.partial || r.direction_guessed || r.client_state_inferred || r.server_state_inferred
     }) {

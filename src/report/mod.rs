@@ -1,9 +1,13 @@
 //! Reports: what the user reads. Text for people, JSON lines for programs.
 
 pub mod conns;
+pub mod events;
+pub mod packet;
 pub mod states;
 
 use std::io::{self, Write};
+
+use serde::Serialize;
 
 use crate::capture::ContainerCounters;
 use crate::decode::DecodeError;
@@ -138,4 +142,78 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
         "unexplained_segments": sum(|c| c.anomalies.unexplained),
         "packets_after_close": sum(|c| c.anomalies.after_close),
     })
+}
+
+pub use crate::time::epoch_secs as secs;
+
+/// One JSON object per line.
+pub fn write_json_lines<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()> {
+    for r in rows {
+        // io::Error::from keeps a broken pipe a broken pipe.
+        serde_json::to_writer(&mut *out, r).map_err(io::Error::from)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// A header row from the field names, then one row per record; unset values are empty
+/// cells, numbers raw.
+pub fn write_csv<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    for r in rows {
+        w.serialize(r).map_err(csv_to_io)?;
+    }
+    w.flush()
+}
+
+fn csv_to_io(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        // Keep a broken pipe a broken pipe, so `| head` ends quietly.
+        csv::ErrorKind::Io(io) => io,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|s| s.to_string()).collect()],
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|row| row.get(i))
+                    .map(|c| c.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut line = String::new();
+        for row in &self.rows {
+            line.clear();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::Side;
+use crate::report::secs;
 use crate::tcp::TcpState;
 use crate::time::Ts;
 
@@ -59,10 +60,6 @@ impl HostFilter {
     }
 }
 
-fn epoch(ts: Ts) -> f64 {
-    (ts.0 as f64 / 1e3).round() / 1e6
-}
-
 pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
     let mut rows = Vec::new();
     // Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open).
@@ -84,7 +81,7 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
                 state: TcpState::Listen.name(),
                 conn: 0,
                 role: "server",
-                since: epoch(since),
+                since: secs(since),
                 inferred: true,
                 partial: false,
             });
@@ -109,7 +106,7 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
                 state: me.state.name(),
                 conn: c.id,
                 role: side.name(),
-                since: epoch(me.state_since),
+                since: secs(me.state_since),
                 inferred: me.inferred,
                 partial: c.partial,
             });
@@ -167,13 +164,4 @@ pub fn state_counts(rows: &[SocketRow]) -> Vec<(&'static str, usize)> {
         }
     }
     counts
-}
-
-pub fn write_json(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
-    for r in rows {
-        // io::Error::from keeps a broken pipe a broken pipe.
-        serde_json::to_writer(&mut *out, r).map_err(io::Error::from)?;
-        out.write_all(b"\n")?;
-    }
-    Ok(())
 }

@@ -45,6 +45,31 @@ pub enum Event {
     ResentSynAck,
 }
 
+impl Event {
+    /// snake_case name for reports.
+    pub fn name(self) -> &'static str {
+        use Event::*;
+        match self {
+            SentSyn => "sent_syn",
+            SentSynAck => "sent_syn_ack",
+            SentFin => "sent_fin",
+            SentFinCrossed => "sent_fin_crossed",
+            SentRst => "sent_rst",
+            SentData => "sent_data",
+            RecvSyn => "recv_syn",
+            RecvSynAck => "recv_syn_ack",
+            RecvAckOfSyn => "recv_ack_of_syn",
+            RecvAckOfFin => "recv_ack_of_fin",
+            RecvFin => "recv_fin",
+            RecvRst => "recv_rst",
+            TimeWaitExpired => "time_wait_expired",
+            Superseded => "superseded",
+            HandshakeGaveUp => "handshake_gave_up",
+            ResentSynAck => "resent_syn_ack",
+        }
+    }
+}
+
 /// The next state, or `None` when the event does not move this state.
 pub fn next_state(state: TcpState, event: Event) -> Option<TcpState> {
     use Event::*;

@@ -1,0 +1,114 @@
+//! `tcpstate events`: every state transition in time order, with the packet that caused it.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::flow::Connection;
+use crate::flow::conn::Transition;
+use crate::report::packet::{Relative, flag_letters};
+use crate::report::{Table, secs};
+use crate::time::Ts;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EventRow {
+    /// Epoch seconds.
+    pub time: f64,
+    pub conn: u64,
+    /// The endpoint whose state changed, and its peer.
+    pub endpoint: String,
+    pub peer: String,
+    /// "client" or "server".
+    pub role: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub event: &'static str,
+    /// True when no packet caused it: a timer ran out (TIME_WAIT expiry, handshake give-up).
+    pub timer: bool,
+    /// The causing packet: its number in the input (1-based), who sent it, flags, relative
+    /// sequence and acknowledgment numbers, payload length.
+    pub packet: Option<u64>,
+    pub packet_from: Option<&'static str>,
+    pub flags: Option<String>,
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    pub len: Option<u32>,
+}
+
+pub fn event_rows(transitions: &[Transition], conns: &[Connection]) -> Vec<EventRow> {
+    transitions
+        .iter()
+        .filter_map(|t| {
+            // Connections are in id order.
+            let idx = conns.binary_search_by_key(&t.conn_id, |c| c.id).ok()?;
+            let conn = &conns[idx];
+            let me = conn.end(t.side);
+            let peer = conn.end(t.side.other());
+            let rel = Relative::of(conn);
+            let cause = t.cause.map(|seg| {
+                let from = conn.side_of(seg.src);
+                let (seq, ack) = rel.numbers(&seg, from);
+                (from, seg, seq, ack)
+            });
+            Some(EventRow {
+                time: secs(t.ts),
+                conn: t.conn_id,
+                endpoint: me.addr.to_string(),
+                peer: peer.addr.to_string(),
+                role: t.side.name(),
+                from: t.from.name(),
+                to: t.to.name(),
+                event: t.event.name(),
+                timer: t.packet == 0,
+                packet: (t.packet != 0).then_some(t.packet),
+                packet_from: cause.map(|c| c.0.name()),
+                flags: cause.map(|c| flag_letters(c.1.flags)),
+                seq: cause.map(|c| c.2),
+                ack: cause.and_then(|c| c.3),
+                len: cause.map(|c| c.1.payload_len),
+            })
+        })
+        .collect()
+}
+
+/// A table with times relative to `start` (the first packet), like tcpdump's `-ttttt`.
+pub fn write_text(out: &mut dyn Write, rows: &[EventRow], start: Option<Ts>) -> io::Result<()> {
+    let t0 = start.map_or(0.0, secs);
+    let mut table = Table::new(&[
+        "TIME", "CONN", "ENDPOINT", "ROLE", "FROM", "TO", "EVENT", "PACKET",
+    ]);
+    for r in rows {
+        let packet = match (r.packet, &r.flags) {
+            (Some(n), Some(f)) => {
+                let mut s = format!(
+                    "#{n} {}>{} [{f}] seq {}",
+                    r.packet_from.unwrap_or("?"),
+                    if r.packet_from == Some("client") {
+                        "server"
+                    } else {
+                        "client"
+                    },
+                    r.seq.unwrap_or(0)
+                );
+                if let Some(a) = r.ack {
+                    s.push_str(&format!(" ack {a}"));
+                }
+                s.push_str(&format!(" len {}", r.len.unwrap_or(0)));
+                s
+            }
+            (Some(n), None) => format!("#{n}"),
+            _ => "(timer)".to_string(),
+        };
+        table.row(vec![
+            format!("+{:.6}", r.time - t0),
+            r.conn.to_string(),
+            r.endpoint.clone(),
+            r.role.to_string(),
+            r.from.to_string(),
+            r.to.to_string(),
+            r.event.to_string(),
+            packet,
+        ]);
+    }
+    table.write(out)
+}
