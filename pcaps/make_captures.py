@@ -475,7 +475,8 @@ def close_wait_leak(ctx):
         pairs.append((cl, sv))
         ctx.keep.append(s)
         time.sleep(0.15)
-    time.sleep(0.5)
+    # Long enough that every CLOSE_WAIT is over a second old when the capture ends.
+    time.sleep(1.5)
     ctx.snapshot()
     for cl, sv in pairs:
         ctx.expect(cl, sv, "FIN_WAIT2")
@@ -1124,6 +1125,35 @@ def zero_window_close(ctx):
                 "behind unsent data and never appears on the wire")
     ctx.extra_desc = " The client queued %d bytes before EAGAIN." % total
     ctx.keep += [s, L]
+
+
+@scenario(5020, "Bulk download: the client sends a request, the server (TCP_NODELAY) writes 100,000 "
+                "bytes as 200 writes of 500 bytes 1 ms apart, then closes first; the client reads to EOF "
+                "and closes; server ends in TIME_WAIT, client CLOSED.")
+def bulk_download(ctx):
+    L = listener(H4, ctx.port)
+    c = connect(H4, ctx.port)
+    s = accept_for(L, c)
+    cl, sv = c.getsockname(), s.getsockname()
+    ctx.conn(cl, sv, "completed", "server")
+    c.sendall(REQ)
+    recv_exact(s, len(REQ))
+    # Loopback segments with GSO: small paced writes make one segment each.
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(200):
+        s.sendall(b"d" * 500)
+        time.sleep(0.001)
+    time.sleep(0.05)
+    s.close()
+    got = read_to_eof(c)
+    assert len(got) == 100000, len(got)
+    time.sleep(0.1)
+    c.close()
+    time.sleep(0.5)
+    ctx.snapshot()
+    ctx.expect(sv, cl, "TIME_WAIT")
+    ctx.expect(cl, sv, "CLOSED")
+    ctx.keep += [L]
 
 
 # ----------------------------------------------------------------------------

@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::analysis::summarize;
 use crate::capture::filter::PacketFilter;
 use crate::capture::{ContainerCounters, file};
-use crate::flow::EngineConfig;
+use crate::decode::SockAddr;
+use crate::flow::{EngineConfig, FlowKey};
 use crate::pipeline::{Engine, Outcome, Watch};
-use crate::report::{self, conns, events, states};
+use crate::report::{self, conns, events, explain, states};
 use crate::time::{Dur, Ts, parse_time_arg};
 
 /// Exit statuses, also listed in `--help` and the README.
@@ -22,9 +23,11 @@ pub mod exit {
     pub const INPUT_ERROR: i32 = 1;
     /// Bad command line (unknown option, invalid filter or time).
     pub const USAGE: i32 = 2;
+    /// `explain`: the connection asked for is not in the input.
+    pub const NOT_FOUND: i32 = 3;
 }
 
-const EXIT_CODES_HELP: &str = "Exit status: 0 all input read and reported; 1 an input could not be read to its end (what was read before the fault is still reported); 2 bad command line.";
+const EXIT_CODES_HELP: &str = "Exit status: 0 all input read and reported; 1 an input could not be read to its end (what was read before the fault is still reported); 2 bad command line; 3 `explain` found no such connection.";
 
 #[derive(Parser, Debug)]
 #[command(name = "tcpstate", version, about = "netstat for a capture: follows every TCP connection in packet captures and tells what state each side is in, and why.", after_help = EXIT_CODES_HELP)]
@@ -41,6 +44,8 @@ pub enum Command {
     States(StatesArgs),
     /// Every state change of every endpoint in time order, with the packet that caused it.
     Events(EventsArgs),
+    /// A ladder diagram of one connection: each packet an arrow, each side's state beside it.
+    Explain(ExplainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +109,42 @@ pub struct EventsArgs {
     pub input: InputArgs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The connection: an id from `conns`, or a 4-tuple `ADDR:PORT-ADDR:PORT` (IPv6 as
+    /// `[::1]:80`; every connection on it is drawn).
+    #[arg(value_name = "CONN")]
+    pub conn: String,
+    /// Draw every packet; by default long quiet runs of data in the middle collapse.
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// `12`, `10.0.0.1:5000-10.0.0.2:80`, `[::1]:5000,[::1]:80` or the two separated by a space.
+pub fn parse_conn_selector(s: &str) -> Result<Watch, String> {
+    let s = s.trim();
+    if let Ok(id) = s.parse::<u64>() {
+        return Ok(Watch::Id(id));
+    }
+    let bad =
+        || format!("'{s}': expected a connection id or a 4-tuple like 10.0.0.1:5000-10.0.0.2:80");
+    // Split after a port: the separator follows digits and precedes an address.
+    let sep = s
+        .char_indices()
+        .find(|&(i, c)| {
+            matches!(c, '-' | ',' | ' ')
+                && s[..i].ends_with(|d: char| d.is_ascii_digit())
+                && s[..i].contains(':')
+        })
+        .map(|(i, _)| i)
+        .ok_or_else(bad)?;
+    let a = s[..sep].trim().parse::<SockAddr>().map_err(|_| bad())?;
+    let b = s[sep + 1..].trim().parse::<SockAddr>().map_err(|_| bad())?;
+    Ok(Watch::Tuple(FlowKey::new(a, b)))
 }
 
 /// An error that ends the run with a status.
@@ -252,6 +293,51 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Text => states::write_text(out, &rows),
                 Format::Json => report::write_json_lines(out, &rows),
                 Format::Csv => report::write_csv(out, &rows),
+            })?;
+            report_counters(args.input.quiet, &outcome, &container);
+            finish_status(fault)
+        }
+        Command::Explain(args) => {
+            let watch = parse_conn_selector(&args.conn).map_err(usage)?;
+            let keep = Keep {
+                transitions: true,
+                watch: Some(watch),
+                ..Keep::default()
+            };
+            let (outcome, container, fault) = run_engine(&args.input, keep)?;
+            let end = outcome.end_ts.unwrap_or_default();
+            let mut ids: Vec<u64> = outcome.watched.iter().map(|p| p.conn_id).collect();
+            ids.dedup();
+            if ids.is_empty() {
+                report_counters(args.input.quiet, &outcome, &container);
+                finish_status(fault.clone())?;
+                return Err(Failure {
+                    status: exit::NOT_FOUND,
+                    message: format!("no connection {} in the input", args.conn),
+                });
+            }
+            let opts = explain::Options { full: args.full };
+            write_out(|out| {
+                for id in &ids {
+                    let Some(conn) = outcome.connections.iter().find(|c| c.id == *id) else {
+                        continue;
+                    };
+                    let packets: Vec<_> = outcome
+                        .watched
+                        .iter()
+                        .filter(|p| p.conn_id == *id)
+                        .copied()
+                        .collect();
+                    let transitions: Vec<_> = outcome
+                        .transitions
+                        .iter()
+                        .filter(|t| t.conn_id == *id)
+                        .copied()
+                        .collect();
+                    let summary = summarize(conn, end);
+                    explain::write_ladder(out, conn, &summary, &packets, &transitions, &opts)?;
+                }
+                Ok(())
             })?;
             report_counters(args.input.quiet, &outcome, &container);
             finish_status(fault)

@@ -165,7 +165,7 @@ macro_rules! captures {
                 }
             }
             assert!(missing.is_empty(), "captures without a truth test: {missing:?}");
-            assert!(listed.len() >= 19);
+            assert!(listed.len() >= 20);
         }
     };
 }
@@ -190,4 +190,5 @@ captures!(
     fin_wait2_orphan_timeout,
     mixed,
     zero_window_close,
+    bulk_download,
 );

@@ -2,6 +2,7 @@
 
 pub mod conns;
 pub mod events;
+pub mod explain;
 pub mod packet;
 pub mod states;
 
