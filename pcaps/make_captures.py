@@ -460,7 +460,8 @@ def half_close(ctx):
 
 
 @scenario(5004, "Three connections: request/response, the client close()s, the server application never "
-                "closes; servers stay in CLOSE_WAIT, clients in orphaned FIN_WAIT2 with a timer.")
+                "closes; servers stay in CLOSE_WAIT, clients in orphaned FIN_WAIT2 with a timer. 1.5 s "
+                "later a fourth connection closes normally (client TIME_WAIT).")
 def close_wait_leak(ctx):
     L = listener(H4, ctx.port)
     pairs = []
@@ -475,12 +476,24 @@ def close_wait_leak(ctx):
         pairs.append((cl, sv))
         ctx.keep.append(s)
         time.sleep(0.15)
-    # Long enough that every CLOSE_WAIT is over a second old when the capture ends.
+    # Life goes on: 1.5 s later a well-behaved connection (closed by both sides) shows that
+    # the CLOSE_WAITs are over a second old by the end of the capture.
     time.sleep(1.5)
+    c = connect(H4, ctx.port)
+    s = accept_for(L, c)
+    cl4, sv4 = c.getsockname(), s.getsockname()
+    ctx.conn(cl4, sv4, "completed", "client")
+    exchange(c, s)
+    c.close()
+    read_to_eof(s)
+    s.close()
+    time.sleep(0.5)
     ctx.snapshot()
     for cl, sv in pairs:
         ctx.expect(cl, sv, "FIN_WAIT2")
         ctx.expect(sv, cl, "CLOSE_WAIT")
+    ctx.expect(cl4, sv4, "TIME_WAIT")
+    ctx.expect(sv4, cl4, "CLOSED")
     ctx.keep += [L]
 
 

@@ -5,13 +5,14 @@ use std::ops::ControlFlow;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::analysis::summarize;
+use crate::analysis::findings::{self, DiagnoseConfig};
+use crate::analysis::{summarize, summary};
 use crate::capture::filter::PacketFilter;
 use crate::capture::{ContainerCounters, file};
 use crate::decode::SockAddr;
 use crate::flow::{EngineConfig, FlowKey};
 use crate::pipeline::{Engine, Outcome, Watch};
-use crate::report::{self, conns, events, explain, states};
+use crate::report::{self, conns, diagnose, events, explain, states};
 use crate::time::{Dur, Ts, parse_time_arg};
 
 /// Exit statuses, also listed in `--help` and the README.
@@ -46,6 +47,12 @@ pub enum Command {
     Events(EventsArgs),
     /// A ladder diagram of one connection: each packet an arrow, each side's state beside it.
     Explain(ExplainArgs),
+    /// Named findings, most severe first: unanswered and refused SYNs, failed handshakes,
+    /// resets, CLOSE_WAIT leaks, TIME_WAIT pressure, slow handshakes.
+    Diagnose(DiagnoseArgs),
+    /// Counts by handshake outcome and by how connections ended; handshake, half-close and
+    /// TIME_WAIT duration distributions.
+    Summary(SummaryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +129,58 @@ pub struct ExplainArgs {
     pub full: bool,
     #[command(flatten)]
     pub input: InputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Report CLOSE_WAIT and FIN_WAIT2 sockets older than this many seconds at the end.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub stuck_after: f64,
+    /// The clients' ephemeral port range, for TIME_WAIT port pressure (Linux default).
+    #[arg(long, value_name = "LO-HI", default_value = "32768-60999")]
+    pub port_range: String,
+    /// Report a host's TIME_WAIT peak from this many sockets at once.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub many_time_wait: usize,
+    /// Report handshakes slower than this many seconds even without a retransmission.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub slow_handshake: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Text, or one JSON object.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+fn seconds_arg(name: &str, v: f64) -> Result<Dur, Failure> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(Dur::from_secs_f64(v))
+    } else {
+        Err(usage(format!("--{name} {v}: expected seconds >= 0")))
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), Failure> {
+    let bad = || {
+        usage(format!(
+            "--port-range '{s}': expected LO-HI, e.g. 32768-60999"
+        ))
+    };
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 /// `12`, `10.0.0.1:5000-10.0.0.2:80`, `[::1]:5000,[::1]:80` or the two separated by a space.
@@ -338,6 +397,38 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     explain::write_ladder(out, conn, &summary, &packets, &transitions, &opts)?;
                 }
                 Ok(())
+            })?;
+            report_counters(args.input.quiet, &outcome, &container);
+            finish_status(fault)
+        }
+        Command::Diagnose(args) => {
+            let cfg = DiagnoseConfig {
+                stuck_after: seconds_arg("stuck-after", args.stuck_after)?,
+                port_range: parse_port_range(&args.port_range)?,
+                many_time_wait: args.many_time_wait,
+                slow_handshake: seconds_arg("slow-handshake", args.slow_handshake)?,
+            };
+            let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
+            let found = findings::diagnose(&outcome, &cfg);
+            let start = outcome.first_ts.map(report::secs);
+            write_out(|out| match args.format {
+                Format::Text => diagnose::write_findings_text(out, &found, start),
+                Format::Json => report::write_json_lines(out, &found),
+                Format::Csv => diagnose::write_findings_csv(out, &found),
+            })?;
+            report_counters(args.input.quiet, &outcome, &container);
+            finish_status(fault)
+        }
+        Command::Summary(args) => {
+            if args.format == Format::Csv {
+                return Err(usage("summary has no CSV form: use --format json".into()));
+            }
+            let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
+            let sum = summary::summarize_all(&outcome.connections);
+            write_out(|out| match args.format {
+                Format::Text => diagnose::write_summary_text(out, &sum),
+                Format::Json => report::write_json_lines(out, std::slice::from_ref(&sum)),
+                Format::Csv => Ok(()),
             })?;
             report_counters(args.input.quiet, &outcome, &container);
             finish_status(fault)

@@ -1,6 +1,10 @@
 //! Per-connection facts derived from the tracked states: handshake, close, reset and
 //! TIME_WAIT accounting. Reports and tests read these, never the raw records.
 
+pub mod findings;
+pub mod stats;
+pub mod summary;
+
 use serde::Serialize;
 
 use crate::flow::Connection;

@@ -1,6 +1,7 @@
 //! Reports: what the user reads. Text for people, JSON lines for programs.
 
 pub mod conns;
+pub mod diagnose;
 pub mod events;
 pub mod explain;
 pub mod packet;

@@ -1,0 +1,156 @@
+//! `summary`: connections counted by handshake outcome and by how they ended, and the
+//! distributions of handshake, half-close and TIME_WAIT durations.
+
+use serde::Serialize;
+
+use crate::analysis::stats::Distribution;
+use crate::flow::conn::{Handshake, TimeWaitEnd};
+use crate::flow::{Connection, Side};
+use crate::time::{Dur, Ts};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HandshakeCounts {
+    pub completed: u64,
+    pub refused: u64,
+    pub unanswered: u64,
+    pub not_completed: u64,
+    /// Picked up mid-stream: the handshake is not in the capture.
+    pub not_seen: u64,
+}
+
+/// How each connection ended (every connection counts once).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CloseCounts {
+    /// Both FINs, the originator's (client's) first.
+    pub closed_by_originator: u64,
+    /// Both FINs, the responder's (server's) first.
+    pub closed_by_responder: u64,
+    /// Both FINs, crossed.
+    pub closed_simultaneously: u64,
+    /// One FIN only, no RST: one direction still open when the capture ended.
+    pub half_closed: u64,
+    /// Ended by an accepted RST (refusals not included).
+    pub reset: u64,
+    /// Opened and never closed in the capture (no FIN, no RST).
+    pub still_open: u64,
+    /// Never opened: refused, unanswered or not completed, without any FIN or RST after.
+    pub never_opened: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub connections: u64,
+    /// Connections whose start was not captured (also counted in the tables above).
+    pub partial: u64,
+    pub handshakes: HandshakeCounts,
+    pub closes: CloseCounts,
+    /// First SYN to the ACK completing the handshake (tshark's initial_rtt), seconds.
+    pub handshake_time: Distribution,
+    pub syn_to_synack: Distribution,
+    pub synack_to_ack: Distribution,
+    /// First FIN to the second FIN, for connections where both came.
+    pub half_close_duration: Distribution,
+    /// Half-closes still open when the capture ended (not in the distribution).
+    pub half_close_open_at_end: u64,
+    /// TIME_WAITs that ended in the capture (expired, reused, reset).
+    pub time_wait_duration: Distribution,
+    /// TIME_WAITs the end of the capture cut short (not in the distribution).
+    pub time_wait_cut_short: u64,
+    pub time_wait_expired: u64,
+    pub time_wait_reused: u64,
+    pub time_wait_reset: u64,
+}
+
+fn secs(d: Dur) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e6
+}
+
+pub fn summarize_all(conns: &[Connection]) -> Summary {
+    let mut h = HandshakeCounts::default();
+    let mut k = CloseCounts::default();
+    let (mut hs, mut syn_synack, mut synack_ack) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut half, mut half_open) = (Vec::new(), 0u64);
+    let mut tw = Vec::new();
+    let (mut tw_cut, mut tw_expired, mut tw_reused, mut tw_reset) = (0, 0, 0, 0);
+    let mut partial = 0;
+    for c in conns {
+        partial += u64::from(c.partial);
+        let handshake = c.handshake();
+        match handshake {
+            Handshake::Completed => h.completed += 1,
+            Handshake::Refused => h.refused += 1,
+            Handshake::Unanswered => h.unanswered += 1,
+            Handshake::NotCompleted => h.not_completed += 1,
+            Handshake::NotSeen => h.not_seen += 1,
+        }
+        let syn = c.end(Side::Client).syn_first;
+        if handshake == Handshake::Completed
+            && let (Some(s), Some(done)) = (syn, c.handshake_done)
+        {
+            hs.push(secs(done.since(s)));
+            if let Some(sa) = c.synack_first {
+                syn_synack.push(secs(sa.since(s)));
+                synack_ack.push(secs(done.since(sa)));
+            }
+        }
+        let fins: Vec<Ts> = {
+            let mut v: Vec<Ts> = c.ends.iter().filter_map(|e| e.fin_time).collect();
+            v.sort();
+            v
+        };
+        match fins.as_slice() {
+            [a, b] => half.push(secs(b.since(*a))),
+            [_] if c.reset.is_none() => half_open += 1,
+            _ => {}
+        }
+        let refused = handshake == Handshake::Refused;
+        if c.reset.is_some() && !refused {
+            k.reset += 1;
+        } else if fins.len() == 2 {
+            if c.crossed_fins {
+                k.closed_simultaneously += 1;
+            } else if c.first_closer() == Some(Side::Server) {
+                k.closed_by_responder += 1;
+            } else {
+                k.closed_by_originator += 1;
+            }
+        } else if fins.len() == 1 {
+            k.half_closed += 1;
+        } else if matches!(handshake, Handshake::Completed | Handshake::NotSeen) {
+            k.still_open += 1;
+        } else {
+            k.never_opened += 1;
+        }
+        for e in &c.ends {
+            if let Some(t) = e.time_wait {
+                match t.end {
+                    Some((end, why)) if why != TimeWaitEnd::CaptureEnded => {
+                        tw.push(secs(end.since(t.start)));
+                        match why {
+                            TimeWaitEnd::Expired => tw_expired += 1,
+                            TimeWaitEnd::Reused => tw_reused += 1,
+                            _ => tw_reset += 1,
+                        }
+                    }
+                    _ => tw_cut += 1,
+                }
+            }
+        }
+    }
+    Summary {
+        connections: conns.len() as u64,
+        partial,
+        handshakes: h,
+        closes: k,
+        handshake_time: Distribution::of(hs),
+        syn_to_synack: Distribution::of(syn_synack),
+        synack_to_ack: Distribution::of(synack_ack),
+        half_close_duration: Distribution::of(half),
+        half_close_open_at_end: half_open,
+        time_wait_duration: Distribution::of(tw),
+        time_wait_cut_short: tw_cut,
+        time_wait_expired: tw_expired,
+        time_wait_reused: tw_reused,
+        time_wait_reset: tw_reset,
+    }
+}
