@@ -690,3 +690,154 @@ fn mixed_compares_hundreds() {
         "only {completed} tcpstate handshake times in mixed.pcap"
     );
 }
+
+/// Writes a classic pcap (EN10MB, microsecond timestamps) of IPv4 TCP segments without payload
+/// between 127.0.0.1 ports: (µs since the first packet, source port, destination port, flags,
+/// seq, ack).
+fn write_pcap(path: &Path, segs: &[(u64, u16, u16, u16, u32, u32)]) {
+    const BASE_SECS: u64 = 1_700_000_000;
+    let mut out: Vec<u8> = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes()); // EN10MB
+    for &(us, sport, dport, flags, seq, ack) in segs {
+        let mut ip = vec![
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+        ];
+        let sum: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let mut tcp = Vec::new();
+        tcp.extend_from_slice(&sport.to_be_bytes());
+        tcp.extend_from_slice(&dport.to_be_bytes());
+        tcp.extend_from_slice(&seq.to_be_bytes());
+        tcp.extend_from_slice(&ack.to_be_bytes());
+        tcp.extend_from_slice(&[5 << 4, flags as u8]);
+        tcp.extend_from_slice(&65495u16.to_be_bytes());
+        tcp.extend_from_slice(&[0, 0, 0, 0]);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&tcp);
+        out.extend_from_slice(&((BASE_SECS + us / 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((us % 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// No capture in pcaps/ has a completed handshake after a retransmitted SYN, so this built one
+/// exercises `SynRetransmitted`: tshark measures 35 µs from the second SYN, and tcpstate
+/// measures 1.000035 s from the first.
+#[test]
+fn retransmitted_syn_is_measured_from_the_first_syn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syn_retransmitted.pcap");
+    write_pcap(
+        &path,
+        &[
+            (0, 40000, 5000, SYN, 1000, 0),
+            (1_000_000, 40000, 5000, SYN, 1000, 0),
+            (1_000_020, 5000, 40000, SYN | ACK, 7000, 1001),
+            (1_000_035, 40000, 5000, ACK, 1001, 7001),
+        ],
+    );
+    let path = path.to_str().unwrap();
+    let streams = tshark_streams(path);
+    let conns = tcpstate_conns(path);
+    let tshark: Vec<i64> = streams[&0].iter().filter_map(|p| p.initial_rtt).collect();
+    assert_eq!(tshark, [35_000], "tshark's initial_rtt from the last SYN");
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].handshake_time, Some(1_000_035_000));
+    let cmp = compare(&streams, &conns);
+    assert!(cmp.problems.is_empty(), "{:?}", cmp.problems);
+    assert_eq!(
+        cmp.counts(),
+        BTreeMap::from([(Category::SynRetransmitted, 1)])
+    );
+}
+
+/// The comparison can fail: one microsecond off, a missing connection on either side, or a
+/// handshake outcome outside the documented categories is reported.
+#[test]
+fn comparison_catches_disagreements() {
+    let mixed = pcaps_dir().join("mixed.pcap");
+    let mixed = mixed.to_str().unwrap();
+    let streams = tshark_streams(mixed);
+    let conns = tcpstate_conns(mixed);
+    assert!(compare(&streams, &conns).problems.is_empty());
+
+    // Every handshake time one microsecond long: every compared connection is reported.
+    let mut off = tcpstate_conns(mixed);
+    for c in &mut off {
+        c.handshake_time = c.handshake_time.map(|t| t + 1000);
+    }
+    let cmp = compare(&streams, &off);
+    assert_eq!(cmp.problems.len(), 275, "{:?}", &cmp.problems[..3]);
+    assert!(cmp.problems.iter().all(|p| p.contains("handshake_time")));
+
+    // A completed handshake tcpstate called not completed, without a SYN-ACK retransmission.
+    let mut wrong = tcpstate_conns(mixed);
+    let i = wrong
+        .iter()
+        .position(|c| c.handshake == "completed")
+        .unwrap();
+    wrong[i].handshake = "not_completed".into();
+    wrong[i].handshake_time = None;
+    let cmp = compare(&streams, &wrong);
+    assert_eq!(cmp.problems.len(), 1, "{:?}", cmp.problems);
+
+    // A refused connection called unanswered.
+    let mut wrong = tcpstate_conns(mixed);
+    let i = wrong.iter().position(|c| c.handshake == "refused").unwrap();
+    wrong[i].handshake = "unanswered".into();
+    assert_eq!(compare(&streams, &wrong).problems.len(), 1);
+
+    // The special categories hold their connections to exact values too.
+    let open = pcaps_dir().join("simultaneous_open.pcap");
+    let open = open.to_str().unwrap();
+    let mut off = tcpstate_conns(open);
+    off[0].handshake_time = off[0].handshake_time.map(|t| t + 1000);
+    let cmp = compare(&tshark_streams(open), &off);
+    assert_eq!(cmp.problems.len(), 1, "{:?}", cmp.problems);
+    assert!(cmp.problems[0].contains("SimultaneousOpen"));
+    let exhausted = pcaps_dir().join("synack_exhausted.pcap");
+    let exhausted = exhausted.to_str().unwrap();
+    let mut unproven = tcpstate_conns(exhausted);
+    unproven[0].synack_retransmits = 0;
+    let cmp = compare(&tshark_streams(exhausted), &unproven);
+    assert_eq!(cmp.problems.len(), 1, "{:?}", cmp.problems);
+    let refused = pcaps_dir().join("refused.pcap");
+    let refused = refused.to_str().unwrap();
+    let mut late = tcpstate_conns(refused);
+    late[0].reset_time = late[0].reset_time.map(|t| t + 1000);
+    let cmp = compare(&tshark_streams(refused), &late);
+    assert_eq!(cmp.problems.len(), 1, "{:?}", cmp.problems);
+
+    // A reused 4-tuple: without tcpstate's second connection, tshark's second stream finds
+    // only the first one, which did not start at its SYN; without tshark's second stream,
+    // tcpstate's second connection has no counterpart.
+    let reuse = pcaps_dir().join("tw_reuse.pcap");
+    let reuse = reuse.to_str().unwrap();
+    let streams = tshark_streams(reuse);
+    let conns = tcpstate_conns(reuse);
+    assert!(compare(&streams, &conns).problems.is_empty());
+    let mut first_only = tcpstate_conns(reuse);
+    first_only.pop();
+    let cmp = compare(&streams, &first_only);
+    assert_eq!(cmp.problems.len(), 1, "{:?}", cmp.problems);
+    let mut one_stream = tshark_streams(reuse);
+    one_stream.remove(&1);
+    let cmp = compare(&one_stream, &conns);
+    assert_eq!(cmp.problems.len(), 1, "{:?}", cmp.problems);
+    assert!(cmp.problems[0].contains("no tshark stream"));
+}
