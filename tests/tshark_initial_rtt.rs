@@ -663,6 +663,7 @@ captures!(
     fin_wait2_orphan_timeout,
     mixed,
     zero_window_close,
+    bulk_download,
 );
 
 /// mixed.pcap has 300 connections; all 275 completed handshakes must be compared. This is
