@@ -377,7 +377,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             let opts = explain::Options { full: args.full };
             write_out(|out| {
-                for id in &ids {
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(out)?;
+                    }
                     let Some(conn) = outcome.connections.iter().find(|c| c.id == *id) else {
                         continue;
                     };

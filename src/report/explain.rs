@@ -64,15 +64,19 @@ pub fn write_ladder(
     let rel = Relative::of(conn);
     let mut lines = Vec::new();
     let mut highest: [Option<u32>; 2] = [None, None];
-    let mut pending = transitions.iter().peekable();
+    // Transitions no packet of this connection caused (timers, a takeover of the 4-tuple)
+    // are placed by time between the packets.
+    let mut foreign = transitions
+        .iter()
+        .filter(|t| !caused_by(t, packets))
+        .peekable();
     for p in packets {
-        // Timer transitions that fell before this packet.
-        while let Some(t) = pending.next_if(|t| t.packet < p.packet && !caused_by(t, packets)) {
+        while let Some(t) = foreign.next_if(|t| t.ts < p.ts) {
             lines.push(timer_line(t));
         }
         let from = conn.side_of(p.seg.src);
         let mut states = [None, None];
-        while let Some(t) = pending.next_if(|t| t.packet == p.packet) {
+        for t in transitions.iter().filter(|t| t.packet == p.packet) {
             states[t.side.index()] = Some(t.to.name());
         }
         let seg = &p.seg;
@@ -100,7 +104,7 @@ pub fn write_ladder(
             quiet,
         });
     }
-    for t in pending {
+    for t in foreign {
         lines.push(timer_line(t));
     }
     if !opts.full {
@@ -123,7 +127,7 @@ fn timer_line(t: &Transition) -> Line {
     use crate::tcp::machine::Event;
     let why = match t.event {
         Event::TimeWaitExpired => "TIME_WAIT ran out (2MSL)",
-        Event::HandshakeGaveUp => "handshake retries stopped: given up (inferred)",
+        Event::HandshakeGaveUp => "retries stopped: gave up, inferred",
         Event::Superseded => "a new connection took over the 4-tuple",
         _ => "",
     };

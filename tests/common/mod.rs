@@ -1,0 +1,176 @@
+//! Helpers shared by the integration tests: running the binary, reading and writing small
+//! classic pcap files, and building TCP frames.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+/// Runs the tcpstate binary; a panic in it fails the test whatever the caller checks.
+pub fn tcpstate(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tcpstate");
+    let run = Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "tcpstate {args:?} panicked:\n{}",
+        run.stderr
+    );
+    run
+}
+
+pub fn json_lines(s: &str) -> Vec<Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+pub fn pcaps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps")
+}
+
+pub fn capture(name: &str) -> String {
+    pcaps_dir()
+        .join(format!("{name}.pcap"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// One record of a classic pcap file.
+#[derive(Clone, Debug)]
+pub struct Rec {
+    pub sec: u32,
+    pub usec: u32,
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+/// Reads a classic little-endian microsecond pcap (what `pcaps/` holds).
+pub fn read_pcap(path: &Path) -> Vec<Rec> {
+    let d = std::fs::read(path).expect("read pcap");
+    let u32le = |at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        u32le(0),
+        0xa1b2_c3d4,
+        "expected a little-endian microsecond pcap"
+    );
+    let mut recs = Vec::new();
+    let mut at = 24;
+    while at < d.len() {
+        let caplen = u32le(at + 8) as usize;
+        recs.push(Rec {
+            sec: u32le(at),
+            usec: u32le(at + 4),
+            orig_len: u32le(at + 12),
+            data: d[at + 16..at + 16 + caplen].to_vec(),
+        });
+        at += 16 + caplen;
+    }
+    recs
+}
+
+/// A classic pcap file, Ethernet, microsecond timestamps.
+pub fn pcap_bytes(recs: &[Rec]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(0xa1b2_c3d4u32.to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(4u16.to_le_bytes());
+    for v in [0u32, 0, 262_144, 1] {
+        out.extend(v.to_le_bytes());
+    }
+    for r in recs {
+        for v in [r.sec, r.usec, r.data.len() as u32, r.orig_len] {
+            out.extend(v.to_le_bytes());
+        }
+        out.extend(&r.data);
+    }
+    out
+}
+
+/// An Ethernet/IPv4/TCP frame from `src` to `dst` (`a.b.c.d:port`) with `len` zero bytes of
+/// payload. Flags as in the TCP header (SYN 0x02, ACK 0x10, ...).
+pub fn tcp_frame(src: &str, dst: &str, flags: u8, seq: u32, ack: u32, len: u16) -> Vec<u8> {
+    let parse = |s: &str| -> ([u8; 4], u16) {
+        let a: std::net::SocketAddrV4 = s.parse().expect("a.b.c.d:port");
+        (a.ip().octets(), a.port())
+    };
+    let (sip, sport) = parse(src);
+    let (dip, dport) = parse(dst);
+    let total = 40 + len;
+    let mut f = vec![0u8; 12];
+    f.extend([0x08, 0x00]);
+    f.extend([0x45, 0]);
+    f.extend(total.to_be_bytes());
+    f.extend([0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend(sip);
+    f.extend(dip);
+    f.extend(sport.to_be_bytes());
+    f.extend(dport.to_be_bytes());
+    f.extend(seq.to_be_bytes());
+    f.extend(ack.to_be_bytes());
+    f.extend([5 << 4, flags]);
+    f.extend(65000u16.to_be_bytes());
+    f.extend([0, 0, 0, 0]);
+    f.extend(std::iter::repeat_n(0u8, usize::from(len)));
+    f
+}
+
+/// A record at `ms` milliseconds after 2026-01-01 holding `frame`.
+pub fn rec_at(ms: u64, frame: Vec<u8>) -> Rec {
+    let base = 1_767_225_600u64;
+    Rec {
+        sec: (base + ms / 1000) as u32,
+        usec: ((ms % 1000) * 1000) as u32,
+        orig_len: frame.len() as u32,
+        data: frame,
+    }
+}
+
+/// Compares `got` with the golden file `tests/golden/NAME`; `UPDATE_GOLDEN=1` rewrites it.
+pub fn assert_golden(name: &str, got: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+            path.display()
+        )
+    });
+    if want != got {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(got.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+            .map(|(i, (a, b))| format!("line {}:\n  want: {a}\n  got:  {b}", i + 1))
+            .collect();
+        panic!(
+            "{name} differs from the golden file ({} vs {} lines):\n{}\n(UPDATE_GOLDEN=1 rewrites it after review)",
+            want.lines().count(),
+            got.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
