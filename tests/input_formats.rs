@@ -6,7 +6,10 @@
 //! timestamp resolution or link layer) into a temporary directory, and compares tcpstate's
 //! `conns --format json` rows for the variant with those for the original, field by field.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::{Rec, Run, json_lines, pcaps_dir, tcpstate, tcpstate_with_stdin};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -15,58 +18,6 @@ use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Running tcpstate
-
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
-
-fn tcpstate_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tcpstate");
-    if let Some(bytes) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        let bytes = bytes.to_vec();
-        // A writer thread, so a full stdout pipe cannot deadlock against a full stdin pipe.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        });
-    }
-    let out = child.wait_with_output().expect("wait for tcpstate");
-    let run = Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        // Killed by a signal counts as a failure of every assertion on the status.
-        code: out.status.code().unwrap_or(-1),
-    };
-    assert!(
-        !run.stderr.contains("panicked"),
-        "tcpstate {args:?} panicked:\n{}",
-        run.stderr
-    );
-    run
-}
-
-fn tcpstate(args: &[&str]) -> Run {
-    tcpstate_with_stdin(args, None)
-}
-
-fn json_lines(s: &str) -> Vec<Value> {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
-        .collect()
-}
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -121,53 +72,13 @@ fn assert_same_rows(expected: &[Value], got: &[Value], what: &str) {
 const LE_MICRO: u32 = 0xa1b2_c3d4;
 const NANO_MAGIC: u32 = 0xa1b2_3c4d;
 
-#[derive(Clone, Debug)]
-struct Rec {
-    sec: u32,
-    usec: u32,
-    orig_len: u32,
-    data: Vec<u8>,
-}
-
-impl Rec {
-    fn nanos(&self) -> u64 {
-        u64::from(self.sec) * 1_000_000_000 + u64::from(self.usec) * 1000
-    }
-    fn micros(&self) -> u64 {
-        u64::from(self.sec) * 1_000_000 + u64::from(self.usec)
-    }
-}
-
-fn pcaps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps")
-}
-
 fn original(name: &str) -> PathBuf {
     pcaps_dir().join(name)
 }
 
-/// Reads a classic little-endian microsecond Ethernet pcap (what `pcaps/` holds).
+/// Reads one of the originals in `pcaps/`.
 fn read_pcap(name: &str) -> Vec<Rec> {
-    let d = std::fs::read(original(name)).expect("read original pcap");
-    let u32le = |at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
-    assert_eq!(
-        u32le(0),
-        LE_MICRO,
-        "{name}: expected little-endian microsecond pcap"
-    );
-    assert_eq!(u32le(20), 1, "{name}: expected Ethernet");
-    let mut recs = Vec::new();
-    let mut at = 24;
-    while at < d.len() {
-        let caplen = u32le(at + 8) as usize;
-        recs.push(Rec {
-            sec: u32le(at),
-            usec: u32le(at + 4),
-            orig_len: u32le(at + 12),
-            data: d[at + 16..at + 16 + caplen].to_vec(),
-        });
-        at += 16 + caplen;
-    }
+    let recs = common::read_pcap(&original(name));
     assert!(!recs.is_empty());
     recs
 }

@@ -6,34 +6,12 @@
 //! Endpoints the truth file marks `unknowable` (the kernel changed state silently, with no
 //! packet to show it) are held to what the packets show (`passive_state`) instead, and listed.
 
+mod common;
+
+use common::{json_lines, pcaps_dir, tcpstate};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
-
-fn pcaps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps")
-}
-
-fn tcpstate(args: &[&str]) -> (String, String, i32) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
-        .args(args)
-        .output()
-        .expect("run tcpstate");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
-}
-
-fn json_lines(s: &str) -> Vec<Value> {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
-}
 
 fn check_capture(name: &str) {
     let dir = pcaps_dir();
@@ -46,7 +24,11 @@ fn check_capture(name: &str) {
     let mut problems: Vec<String> = Vec::new();
 
     // 1. Endpoint states at the end of the capture.
-    let (out, err, code) = tcpstate(&["states", "--all", "--format", "json", "-q", "-r", pcap]);
+    let common::Run {
+        stdout: out,
+        stderr: err,
+        code,
+    } = tcpstate(&["states", "--all", "--format", "json", "-q", "-r", pcap]);
     assert_eq!(code, 0, "{name}: tcpstate states failed: {err}");
     // The latest connection on a 4-tuple speaks for it; earlier ones were superseded.
     let mut tool: HashMap<(String, String), (u64, String)> = HashMap::new();
@@ -110,7 +92,11 @@ fn check_capture(name: &str) {
     assert!(compared > 0, "{name}: no endpoints compared");
 
     // 2. Per-connection facts, matched by (client, server) in order of appearance.
-    let (out, err, code) = tcpstate(&["conns", "--format", "json", "-q", "-r", pcap]);
+    let common::Run {
+        stdout: out,
+        stderr: err,
+        code,
+    } = tcpstate(&["conns", "--format", "json", "-q", "-r", pcap]);
     assert_eq!(code, 0, "{name}: tcpstate conns failed: {err}");
     let rows = json_lines(&out);
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
@@ -146,49 +132,4 @@ fn check_capture(name: &str) {
     );
 }
 
-macro_rules! captures {
-    ($($name:ident),* $(,)?) => {
-        $( #[test] fn $name() { check_capture(stringify!($name)); } )*
-
-        /// Every capture in pcaps/ is checked by a test above.
-        #[test]
-        fn every_capture_has_a_test() {
-            let listed = [$(stringify!($name)),*];
-            let mut missing = Vec::new();
-            for entry in std::fs::read_dir(pcaps_dir()).unwrap() {
-                let path = entry.unwrap().path();
-                if path.extension().is_some_and(|e| e == "pcap") {
-                    let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
-                    if !listed.contains(&stem.as_str()) {
-                        missing.push(stem);
-                    }
-                }
-            }
-            assert!(missing.is_empty(), "captures without a truth test: {missing:?}");
-            assert!(listed.len() >= 20);
-        }
-    };
-}
-
-captures!(
-    close_client_first,
-    close_server_first,
-    half_close,
-    close_wait_leak,
-    linger_abort,
-    close_unread_data,
-    refused,
-    syn_blackhole,
-    lost_final_ack,
-    synack_exhausted,
-    tw_reuse,
-    simultaneous_close,
-    simultaneous_open,
-    ipv6,
-    keepalive,
-    time_wait_expiry,
-    fin_wait2_orphan_timeout,
-    mixed,
-    zero_window_close,
-    bulk_download,
-);
+test_each_capture!(check_capture);

@@ -53,10 +53,13 @@
 //! nanosecond capture could differ by tcpstate's rounding, which is at most 0.5 µs. That
 //! half-microsecond is the only slack allowed.
 
+mod common;
+
+use common::pcaps_dir;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -67,10 +70,6 @@ const ACK: u16 = 0x10;
 
 /// tcpstate rounds to the microsecond: at most half of one apart, in nanoseconds.
 const ROUNDING_NS: i64 = 500;
-
-fn pcaps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps")
-}
 
 /// Decimal seconds as printed by tshark ("1795267010.617062000", "0.000058000") in nanoseconds.
 fn parse_ns(s: &str) -> i64 {
@@ -619,52 +618,7 @@ fn check_capture(name: &str) {
     );
 }
 
-macro_rules! captures {
-    ($($name:ident),* $(,)?) => {
-        $( #[test] fn $name() { check_capture(stringify!($name)); } )*
-
-        /// Every capture in pcaps/ is checked by a test above.
-        #[test]
-        fn every_capture_has_a_test() {
-            let listed = [$(stringify!($name)),*];
-            let mut missing = Vec::new();
-            for entry in std::fs::read_dir(pcaps_dir()).unwrap() {
-                let path = entry.unwrap().path();
-                if path.extension().is_some_and(|e| e == "pcap") {
-                    let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
-                    if !listed.contains(&stem.as_str()) {
-                        missing.push(stem);
-                    }
-                }
-            }
-            assert!(missing.is_empty(), "captures without a tshark test: {missing:?}");
-            assert!(listed.len() >= 19);
-        }
-    };
-}
-
-captures!(
-    close_client_first,
-    close_server_first,
-    half_close,
-    close_wait_leak,
-    linger_abort,
-    close_unread_data,
-    refused,
-    syn_blackhole,
-    lost_final_ack,
-    synack_exhausted,
-    tw_reuse,
-    simultaneous_close,
-    simultaneous_open,
-    ipv6,
-    keepalive,
-    time_wait_expiry,
-    fin_wait2_orphan_timeout,
-    mixed,
-    zero_window_close,
-    bulk_download,
-);
+test_each_capture!(check_capture);
 
 /// mixed.pcap has 300 connections; all 275 completed handshakes must be compared. This is
 /// checked above against the truth file; this test pins the size so the comparison cannot

@@ -2,6 +2,7 @@
 //! classic pcap files, and building TCP frames.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -13,16 +14,33 @@ pub struct Run {
     pub code: i32,
 }
 
-/// Runs the tcpstate binary; a panic in it fails the test whatever the caller checks.
-pub fn tcpstate(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
+/// Runs the tcpstate binary, feeding `stdin` if given; a panic in it fails the test whatever
+/// the caller checks.
+pub fn tcpstate_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
         .args(args)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run tcpstate");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        let bytes = bytes.to_vec();
+        // A writer thread, so a full stdout pipe cannot deadlock against a full stdin pipe.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+    let out = child.wait_with_output().expect("wait for tcpstate");
     let run = Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        // Killed by a signal counts as a failure of every assertion on the status.
         code: out.status.code().unwrap_or(-1),
     };
     assert!(
@@ -31,6 +49,10 @@ pub fn tcpstate(args: &[&str]) -> Run {
         run.stderr
     );
     run
+}
+
+pub fn tcpstate(args: &[&str]) -> Run {
+    tcpstate_with_stdin(args, None)
 }
 
 pub fn json_lines(s: &str) -> Vec<Value> {
@@ -58,6 +80,15 @@ pub struct Rec {
     pub usec: u32,
     pub orig_len: u32,
     pub data: Vec<u8>,
+}
+
+impl Rec {
+    pub fn nanos(&self) -> u64 {
+        u64::from(self.sec) * 1_000_000_000 + u64::from(self.usec) * 1000
+    }
+    pub fn micros(&self) -> u64 {
+        u64::from(self.sec) * 1_000_000 + u64::from(self.usec)
+    }
 }
 
 /// Reads a classic little-endian microsecond pcap (what `pcaps/` holds).
@@ -173,4 +204,54 @@ pub fn assert_golden(name: &str, got: &str) {
             diff.join("\n")
         );
     }
+}
+
+/// One test per capture in pcaps/, each calling `$check(name)`, and a test that fails when a
+/// capture is added without being listed here.
+#[macro_export]
+macro_rules! test_each_capture {
+    ($check:path) => {
+        $crate::test_each_capture!(@list $check;
+            close_client_first,
+            close_server_first,
+            half_close,
+            close_wait_leak,
+            linger_abort,
+            close_unread_data,
+            refused,
+            syn_blackhole,
+            lost_final_ack,
+            synack_exhausted,
+            tw_reuse,
+            simultaneous_close,
+            simultaneous_open,
+            ipv6,
+            keepalive,
+            time_wait_expiry,
+            fin_wait2_orphan_timeout,
+            mixed,
+            zero_window_close,
+            bulk_download
+        );
+    };
+    (@list $check:path; $($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { $check(stringify!($name)); } )*
+
+        #[test]
+        fn every_capture_has_a_test() {
+            let listed = [$(stringify!($name)),*];
+            let mut missing = Vec::new();
+            for entry in std::fs::read_dir($crate::common::pcaps_dir()).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "pcap") {
+                    let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+                    if !listed.contains(&stem.as_str()) {
+                        missing.push(stem);
+                    }
+                }
+            }
+            assert!(missing.is_empty(), "captures in pcaps/ without a test: {missing:?}");
+            assert!(listed.len() >= 20);
+        }
+    };
 }
