@@ -63,6 +63,10 @@ pub struct InputArgs {
     /// TIME_WAIT length in seconds (2MSL; Linux: 60).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub time_wait: f64,
+    /// Track at most N connections at once: when full, the least recently active are evicted
+    /// (counted; half-open attempts are only counted, per server, to bound memory under a SYN flood).
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<usize>,
     /// Don't print the packet counters on standard error.
     #[arg(short, long)]
     pub quiet: bool,
@@ -149,6 +153,9 @@ pub struct DiagnoseArgs {
     /// Report handshakes slower than this many seconds even without a retransmission.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub slow_handshake: f64,
+    /// Report a SYN flood from this many half-open attempts on one server.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub syn_flood: u64,
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +254,7 @@ fn run_engine(
     };
     let cfg = EngineConfig {
         time_wait: Dur::from_secs_f64(input.time_wait),
+        max_conns: input.max_conns,
     };
     // Absolute times are known before reading; relative ones need the first packet.
     let mut stop = None;
@@ -410,6 +418,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 port_range: parse_port_range(&args.port_range)?,
                 many_time_wait: args.many_time_wait,
                 slow_handshake: seconds_arg("slow-handshake", args.slow_handshake)?,
+                syn_flood: args.syn_flood,
             };
             let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
             let found = findings::diagnose(&outcome, &cfg);

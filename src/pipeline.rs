@@ -3,9 +3,10 @@
 
 use crate::capture::RawPacket;
 use crate::capture::filter::PacketFilter;
+use crate::decode::SockAddr;
 use crate::decode::{self, DecodeError, Decoded, LinkType, Segment};
 use crate::flow::conn::Transition;
-use crate::flow::{Connection, EngineConfig, FlowCounters, FlowKey, FlowTable};
+use crate::flow::{Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowKey, FlowTable};
 use crate::time::Ts;
 
 /// What happened to the packets that did not drive a state machine.
@@ -74,6 +75,8 @@ pub struct Outcome {
     pub transitions: Vec<Transition>,
     /// Packets of the watched connections, in input order.
     pub watched: Vec<SeenPacket>,
+    /// Half-open attempts evicted without a record (`--max-conns`), per server.
+    pub evicted_attempts: Vec<(SockAddr, EvictedAttempts)>,
 }
 
 impl Engine {
@@ -198,6 +201,8 @@ impl Engine {
         let mut transitions = self.transitions;
         let mut sink = transitions.as_mut();
         let flows = self.table.counters;
+        let mut evicted_attempts: Vec<_> = self.table.flood.iter().map(|(k, v)| (*k, *v)).collect();
+        evicted_attempts.sort_by_key(|(k, _)| *k);
         let connections = match end {
             Some(end) => self.table.finish(end, &self.cfg, &mut sink),
             None => Vec::new(),
@@ -212,6 +217,7 @@ impl Engine {
             end_ts: end,
             transitions,
             watched: self.watched,
+            evicted_attempts,
         }
     }
 }

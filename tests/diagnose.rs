@@ -491,3 +491,114 @@ fn summary_distributions_match_the_connections() {
     assert!((60.0..60.001).contains(&tw), "{tw}");
     assert_eq!(s["time_wait_cut_short"], 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// SYN flood under --max-conns
+
+/// 20,000 SYNs from distinct spoofed sources to 10.0.0.2:80, one every 0.1 ms, with three
+/// real connections (handshake, data, both FINs) from 10.0.0.1 among them.
+fn flood_capture(dir: &std::path::Path) -> String {
+    let server = "10.0.0.2:80";
+    let mut recs = Vec::new();
+    let mut t_us: u64 = 0;
+    let mut real = 0u32;
+    for i in 0..20_000u32 {
+        let src = format!(
+            "127.{}.{}.{}:{}",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255,
+            1024 + i % 60000
+        );
+        recs.push(rec_us(
+            t_us,
+            tcp_frame(&src, server, 0x02, i.wrapping_mul(7919), 0, 0),
+        ));
+        t_us += 100;
+        if i % 7000 == 3500 {
+            let c = format!("10.0.0.1:{}", 40000 + real);
+            real += 1;
+            for (from_client, flags, seq, ack, len) in [
+                (true, 0x02u8, 100u32, 0u32, 0u16),
+                (false, 0x12, 500, 101, 0),
+                (true, 0x10, 101, 501, 0),
+                (true, 0x18, 101, 501, 10),
+                (false, 0x10, 501, 111, 0),
+                (true, 0x11, 111, 501, 0),
+                (false, 0x11, 501, 112, 0),
+                (true, 0x10, 112, 502, 0),
+            ] {
+                let (a, b) = if from_client {
+                    (c.as_str(), server)
+                } else {
+                    (server, c.as_str())
+                };
+                recs.push(rec_us(t_us, tcp_frame(a, b, flags, seq, ack, len)));
+                t_us += 10;
+            }
+        }
+    }
+    let path = dir.join("flood.pcap");
+    std::fs::write(&path, pcap_bytes(&recs)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn rec_us(us: u64, frame: Vec<u8>) -> Rec {
+    let mut r = rec_at(us / 1000, frame);
+    r.usec += (us % 1000) as u32;
+    r
+}
+
+#[test]
+fn syn_flood_is_a_finding_with_and_without_a_table_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = flood_capture(dir.path());
+    for limit in [None, Some("1000")] {
+        let mut extra = vec![];
+        if let Some(n) = limit {
+            extra = vec!["--max-conns", n];
+        }
+        let found = findings_with(&file, &extra);
+        let f = one(&found, "syn_flood", Some("10.0.0.2:80"));
+        assert_eq!(f["details"]["attempts"], 20_000, "{limit:?}");
+        assert_eq!(f["details"]["syns"], 20_000, "{limit:?}");
+        let evicted = f["details"]["evicted_untracked"].as_u64().unwrap();
+        match limit {
+            None => assert_eq!(evicted, 0),
+            Some(_) => assert!(evicted >= 19_000, "{evicted}"),
+        }
+        assert_eq!(found[0]["kind"], "syn_flood", "most severe first");
+
+        // The real connections are tracked to the end whatever the limit.
+        let mut args = vec!["conns", "--format", "json", "-r", file.as_str()];
+        args.extend_from_slice(&extra);
+        let run = tcpstate(&args);
+        assert_eq!(run.code, 0);
+        let rows = json_lines(&run.stdout);
+        let real: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["client"].as_str().unwrap().starts_with("10.0.0.1:"))
+            .collect();
+        assert_eq!(real.len(), 3, "{limit:?}");
+        for r in real {
+            assert_eq!(r["client_state"], "TIME_WAIT");
+            assert_eq!(r["server_state"], "CLOSED");
+            assert_eq!(r["handshake"], "completed");
+        }
+        match limit {
+            None => assert_eq!(rows.len(), 20_003),
+            Some(_) => {
+                // Bounded: the dropped attempts leave no record, only counts.
+                assert!(rows.len() <= 1000 + 3, "{} records", rows.len());
+                assert!(
+                    run.stderr
+                        .contains("connections evicted to stay within --max-conns"),
+                    "{}",
+                    run.stderr
+                );
+            }
+        }
+    }
+    // A handful of unanswered SYNs is not a flood.
+    assert!(!kinds(&findings("syn_blackhole")).contains(&"syn_flood".to_string()));
+}

@@ -28,6 +28,8 @@ pub struct DiagnoseConfig {
     pub many_time_wait: usize,
     /// Handshakes slower than this are reported even without a retransmission.
     pub slow_handshake: Dur,
+    /// Report a SYN flood from this many half-open attempts on one server.
+    pub syn_flood: u64,
 }
 
 impl Default for DiagnoseConfig {
@@ -37,6 +39,7 @@ impl Default for DiagnoseConfig {
             port_range: LINUX_EPHEMERAL_PORTS,
             many_time_wait: 1000,
             slow_handshake: Dur::from_millis(1000),
+            syn_flood: 1000,
         }
     }
 }
@@ -161,6 +164,7 @@ pub fn diagnose(outcome: &Outcome, cfg: &DiagnoseConfig) -> Vec<Finding> {
     let conns = &outcome.connections;
     let end = outcome.end_ts.unwrap_or_default();
     let mut all = Vec::new();
+    syn_flood(outcome, cfg, &mut all);
     unanswered_syns(conns, &mut all);
     refused(conns, &mut all);
     incomplete_handshakes(conns, &mut all);
@@ -180,6 +184,67 @@ pub fn diagnose(outcome: &Outcome, cfg: &DiagnoseConfig) -> Vec<Finding> {
         ))
     });
     all
+}
+
+/// Many half-open attempts on one server: tracked ones plus those evicted under `--max-conns`.
+fn syn_flood(outcome: &Outcome, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
+    let mut per: BTreeMap<SockAddr, (EvidenceBuilder, u64, u64, u64)> = BTreeMap::new();
+    for c in outcome.connections.iter().filter(|c| {
+        c.is_half_open_attempt()
+            && matches!(
+                c.handshake(),
+                Handshake::Unanswered | Handshake::NotCompleted
+            )
+    }) {
+        let g = per.entry(c.end(Side::Server).addr).or_default();
+        g.0.add(c.id, c.end(Side::Client).addr, c.start, c.last);
+        g.1 += 1;
+        g.2 += u64::from(c.end(Side::Client).syn_count.max(1));
+    }
+    for (server, a) in &outcome.evicted_attempts {
+        let g = per.entry(*server).or_default();
+        g.1 += a.count;
+        g.2 += a.syns;
+        g.3 += a.count;
+        g.0.first = Some(g.0.first.map_or(a.first, |f| f.min(a.first)));
+        g.0.last = Some(g.0.last.map_or(a.last, |l| l.max(a.last)));
+    }
+    for (server, (ev, attempts, syns, evicted)) in per {
+        if attempts < cfg.syn_flood && evicted == 0 {
+            continue;
+        }
+        let (first, last) = (ev.first, ev.last);
+        let span = match (first, last) {
+            (Some(a), Some(b)) => b.since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let rate = if span > 0.0 {
+            attempts as f64 / span
+        } else {
+            attempts as f64
+        };
+        out.push(Finding {
+            severity: Severity::Critical,
+            kind: "syn_flood",
+            service: Some(server.to_string()),
+            summary: format!(
+                "{attempts} half-open connection attempts to {server} ({syns} SYNs, about {rate:.0}/s); {evicted} of them evicted untracked under --max-conns"
+            ),
+            count: attempts,
+            evidence: ev.build(),
+            details: details(json!({
+                "attempts": attempts,
+                "syns": syns,
+                "evicted_untracked": evicted,
+                "attempts_per_second": (rate * 10.0).round() / 10.0,
+                "threshold": cfg.syn_flood,
+            })),
+            cause: format!(
+                "Far more connection attempts to {server} than completed handshakes: a SYN flood (often from spoofed sources), a scan, or clients retrying against an overloaded listener."
+            ),
+            check: "On the server: `nstat -az TcpExtSyncookiesSent TcpExtListenDrops TcpExtListenOverflows`, net.ipv4.tcp_syncookies=1, net.ipv4.tcp_max_syn_backlog and the listen backlog; look at how many distinct sources send them.".into(),
+        });
+    }
 }
 
 fn unanswered_syns(conns: &[Connection], out: &mut Vec<Finding>) {

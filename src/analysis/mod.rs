@@ -26,6 +26,8 @@ pub struct ConnSummary {
     pub direction_guessed: bool,
     /// The capture missed the start of the connection.
     pub partial: bool,
+    /// Tracking stopped early to stay within `--max-conns`: states are as of `end`.
+    pub evicted: bool,
     pub start: f64,
     pub end: f64,
     pub duration: f64,
@@ -70,7 +72,11 @@ pub struct ConnSummary {
 pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let client = c.end(Side::Client);
     let server = c.end(Side::Server);
-    let end = c.superseded_at.unwrap_or(c.last).max(c.last);
+    let end = c
+        .superseded_at
+        .or(c.evicted_at)
+        .unwrap_or(c.last)
+        .max(c.last);
     let syn = client.syn_first;
     let synack = c.synack_first;
     let done = c.handshake_done;
@@ -109,6 +115,7 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
         server: server.addr.to_string(),
         direction_guessed: c.direction_guessed,
         partial: c.partial,
+        evicted: c.evicted_at.is_some(),
         start: secs(c.start),
         end: secs(end),
         duration: dur(c.start, end),

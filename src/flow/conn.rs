@@ -43,12 +43,16 @@ impl Side {
 pub struct EngineConfig {
     /// 2MSL: how long TIME_WAIT lasts (Linux: 60 s, fixed).
     pub time_wait: Dur,
+    /// At most this many connections tracked at once; the least recently active are evicted
+    /// to make room (`--max-conns`). `None`: no limit.
+    pub max_conns: Option<usize>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             time_wait: Dur::from_millis(60_000),
+            max_conns: None,
         }
     }
 }
@@ -243,6 +247,8 @@ pub struct Connection {
     pub anomalies: ConnAnomalies,
     /// Ended because a new connection took over its 4-tuple.
     pub superseded_at: Option<Ts>,
+    /// Tracking stopped here to make room (`--max-conns`): its states are as of this time.
+    pub evicted_at: Option<Ts>,
 }
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
@@ -291,6 +297,7 @@ impl Connection {
             reset: None,
             anomalies: ConnAnomalies::default(),
             superseded_at: None,
+            evicted_at: None,
         }
     }
 
@@ -325,6 +332,16 @@ impl Connection {
         } else {
             Handshake::NotSeen
         }
+    }
+
+    /// An attempt that never got further than SYN / SYN-ACK: no data, FIN or RST. Under a
+    /// SYN flood these are what fills the table.
+    pub fn is_half_open_attempt(&self) -> bool {
+        self.handshake_done.is_none()
+            && self.reset.is_none()
+            && self.ends.iter().all(|e| {
+                matches!(e.state, SynSent | SynRecv | Listen | Closed) && e.fin_time.is_none()
+            })
     }
 
     /// The side whose FIN came first, if any.

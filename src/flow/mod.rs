@@ -29,7 +29,24 @@ pub struct FlowCounters {
     pub tuple_reuses: u64,
     /// Reuses that took over a 4-tuple one side still held in TIME_WAIT.
     pub time_wait_reuses: u64,
+    /// Connections evicted to stay within `--max-conns` (their records are kept, as of then).
+    pub evicted: u64,
+    /// Of those, half-open attempts (SYN or SYN-ACK only) dropped without a record to keep
+    /// memory bounded under a SYN flood; counted per server in `FlowTable::flood`.
+    pub evicted_half_open: u64,
 }
+
+/// Half-open attempts evicted without a record, per server address:port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictedAttempts {
+    pub count: u64,
+    pub syns: u64,
+    pub first: Ts,
+    pub last: Ts,
+}
+
+/// How many servers `FlowTable::flood` follows; attempts to others are only counted.
+const FLOOD_SERVERS_KEPT: usize = 4096;
 
 #[derive(Default)]
 pub struct FlowTable {
@@ -38,6 +55,8 @@ pub struct FlowTable {
     superseded: Vec<Connection>,
     next_id: u64,
     pub counters: FlowCounters,
+    /// Evicted half-open attempts per server (at most `FLOOD_SERVERS_KEPT` servers).
+    pub flood: HashMap<SockAddr, EvictedAttempts>,
 }
 
 impl FlowTable {
@@ -92,6 +111,11 @@ impl FlowTable {
                 }
             }
             None => {
+                if let Some(max) = cfg.max_conns
+                    && self.live.len() >= max.max(1)
+                {
+                    self.evict_least_recent(ts, cfg, sink);
+                }
                 let id = self.next_id;
                 self.next_id += 1;
                 self.counters.connections += 1;
@@ -102,6 +126,53 @@ impl FlowTable {
                 conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
                 self.live.insert(key, conn);
                 id
+            }
+        }
+    }
+
+    /// Makes room under `--max-conns`: evicts the eighth of the table that was active least
+    /// recently (a batch, so a flood of new tuples costs amortised constant time per packet).
+    /// Half-open attempts are dropped and counted per server; other records are kept as of now.
+    fn evict_least_recent(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+        let mut by_age: Vec<(Ts, FlowKey)> = self.live.iter().map(|(k, c)| (c.last, *k)).collect();
+        let batch = (by_age.len() / 8).max(1);
+        if batch < by_age.len() {
+            by_age.select_nth_unstable_by_key(batch - 1, |e| e.0);
+        }
+        for (_, key) in by_age.into_iter().take(batch) {
+            let Some(mut conn) = self.live.remove(&key) else {
+                continue;
+            };
+            conn.advance_time(now, cfg, sink);
+            self.counters.evicted += 1;
+            if conn.is_half_open_attempt() {
+                self.counters.evicted_half_open += 1;
+                let server = conn.end(Side::Server).addr;
+                let kept = self.flood.len() < FLOOD_SERVERS_KEPT;
+                let syns = u64::from(conn.end(Side::Client).syn_count.max(1));
+                match self.flood.get_mut(&server) {
+                    Some(a) => {
+                        a.count += 1;
+                        a.syns += syns;
+                        a.first = a.first.min(conn.start);
+                        a.last = a.last.max(conn.last);
+                    }
+                    None if kept => {
+                        self.flood.insert(
+                            server,
+                            EvictedAttempts {
+                                count: 1,
+                                syns,
+                                first: conn.start,
+                                last: conn.last,
+                            },
+                        );
+                    }
+                    None => {}
+                }
+            } else {
+                conn.evicted_at = Some(now);
+                self.superseded.push(conn);
             }
         }
     }

@@ -63,6 +63,14 @@ pub fn write_counters(
         ),
         ("4-tuples reused by a new connection".into(), f.tuple_reuses),
         (
+            "connections evicted to stay within --max-conns".into(),
+            f.evicted,
+        ),
+        (
+            "  of them half-open attempts dropped (counted per server)".into(),
+            f.evicted_half_open,
+        ),
+        (
             "  of them while one side was in TIME_WAIT".into(),
             f.time_wait_reuses,
         ),
@@ -133,6 +141,8 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
         "time_went_backwards": p.time_went_backwards,
         "after_stop_time": p.after_stop_time,
         "midstream_pickups": f.midstream_pickups,
+        "evicted": f.evicted,
+        "evicted_half_open": f.evicted_half_open,
         "tuple_reuses": f.tuple_reuses,
         "time_wait_reuses": f.time_wait_reuses,
         "caplen_over_snaplen": container.caplen_over_snaplen,
