@@ -134,15 +134,24 @@ impl FlowTable {
     /// recently (a batch, so a flood of new tuples costs amortised constant time per packet).
     /// Half-open attempts are dropped and counted per server; other records are kept as of now.
     fn evict_least_recent(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
-        let mut by_age: Vec<(Ts, FlowKey)> = self.live.iter().map(|(k, c)| (c.last, *k)).collect();
-        let batch = (by_age.len() / 8).max(1);
-        if batch < by_age.len() {
-            by_age.select_nth_unstable_by_key(batch - 1, |e| e.0);
+        // The batch-th oldest activity time is the cut-off; only times are copied to find it.
+        let mut ages: Vec<Ts> = self.live.values().map(|c| c.last).collect();
+        let batch = (ages.len() / 8).max(1);
+        if ages.is_empty() {
+            return;
         }
-        for (_, key) in by_age.into_iter().take(batch) {
-            let Some(mut conn) = self.live.remove(&key) else {
-                continue;
-            };
+        let cutoff = *ages.select_nth_unstable(batch - 1).1;
+        let mut taken = 0;
+        let evicted: Vec<Connection> = self
+            .live
+            .extract_if(|_, c| {
+                let take = taken < batch && c.last <= cutoff;
+                taken += usize::from(take);
+                take
+            })
+            .map(|(_, c)| c)
+            .collect();
+        for mut conn in evicted {
             conn.advance_time(now, cfg, sink);
             self.counters.evicted += 1;
             if conn.is_half_open_attempt() {
