@@ -494,7 +494,54 @@ fn udp<'a>(
     if on(PORT_TEREDO) {
         return teredo(body, ctx);
     }
+    // No tunnel registered for the ports: Zeek's protocol detection still recognises Teredo
+    // (an IPv6 packet to or from the Teredo prefix 2001:0::/32) and AYIYA on any port.
+    if looks_like_teredo(body) {
+        return teredo(body, ctx);
+    }
+    if body.len() >= 3 && body[1] == 0x52 && body[2] == 0x11 {
+        return ayiya(body, ctx);
+    }
     IpOut::Skip
+}
+
+/// Zeek's Teredo detection (its former DPD signature plus the header walk).
+fn looks_like_teredo(d: &[u8]) -> bool {
+    if d.len() < 40 || (d[0] >> 4 != 6 && (d[0] != 0 || (d[1] != 0 && d[1] != 1))) {
+        return false;
+    }
+    const PREFIX: [u8; 4] = [0x20, 0x01, 0x00, 0x00];
+    if d[0] >> 4 == 6 && (d[8..12] == PREFIX || d[24..28] == PREFIX) {
+        return true;
+    }
+    let mut d = d;
+    let mut tag = d[1];
+    if tag == 1 {
+        let skip = 13 + usize::from(d[2]) + usize::from(d[3]);
+        match d.get(skip..) {
+            Some(rest) if rest.len() >= 40 => d = rest,
+            _ => return false,
+        }
+        tag = d[1];
+        if d[0] != 0 {
+            return false;
+        }
+    }
+    tag == 0 && d.get(8).is_some_and(|b| b >> 4 == 6) && d.len() >= 48
+}
+
+/// A tunneled packet whose length must be exactly what the tunnel carried (Zeek rejects
+/// GTP and Teredo payloads whose IP length disagrees).
+fn exact_inner_ip<'a>(inner: &'a [u8], ctx: &Ctx, version: Option<u8>) -> IpOut<'a> {
+    let total = match inner.first().map(|b| b >> 4) {
+        Some(4) => be16(inner, 2).map(usize::from),
+        Some(6) => be16(inner, 4).map(|l| usize::from(l) + 40),
+        _ => None,
+    };
+    if total != Some(inner.len()) {
+        return IpOut::Skip;
+    }
+    inner_ip(inner, ctx, version)
 }
 
 /// GTPv1-U: a T-PDU (message type 255) carries a user IP packet.
@@ -530,7 +577,7 @@ fn gtp_u<'a>(g: &'a [u8], ctx: &Ctx) -> IpOut<'a> {
         }
     }
     match g.get(off..) {
-        Some(payload) => inner_ip(payload, ctx, None),
+        Some(payload) => exact_inner_ip(payload, ctx, None),
         None => IpOut::Skip,
     }
 }
@@ -556,7 +603,8 @@ fn ayiya<'a>(a: &'a [u8], ctx: &Ctx) -> IpOut<'a> {
     }
 }
 
-/// Teredo (RFC 4380): an IPv6 packet, optionally after authentication and origin indicators.
+/// Teredo (RFC 4380): an IPv6 packet, optionally after an authentication and then an origin
+/// indication header.
 fn teredo<'a>(t: &'a [u8], ctx: &Ctx) -> IpOut<'a> {
     let mut off = 0;
     if be16(t, 0) == Some(0x0001) {
@@ -569,7 +617,9 @@ fn teredo<'a>(t: &'a [u8], ctx: &Ctx) -> IpOut<'a> {
         off += 8;
     }
     match t.get(off..) {
-        Some(payload) if payload.len() >= 40 => inner_ip(payload, ctx, Some(6)),
+        Some(payload) if payload.len() >= 40 && payload[0] >> 4 == 6 => {
+            exact_inner_ip(payload, ctx, Some(6))
+        }
         _ => IpOut::Skip,
     }
 }
