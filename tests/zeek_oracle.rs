@@ -122,8 +122,8 @@ fn zeek_oracle_scores() {
     assert!(!list.is_empty(), "index.tsv lists no traces");
     for (trace, ignore) in &list {
         let rows = run_trace(&dir.join("traces").join(trace), *ignore);
-        let mut file = std::fs::File::create(logs.join(format!("{trace}.conn.log")))
-            .expect("create conn.log");
+        let mut file =
+            std::fs::File::create(logs.join(format!("{trace}.conn.log"))).expect("create conn.log");
         write_conn_log(&mut file, &rows, 0.0).expect("write conn.log");
     }
 
@@ -135,14 +135,20 @@ fn zeek_oracle_scores() {
         .collect();
     let without = compare(&dir, &logs, Some(&rest.join(",")), false);
     if let Some(k) = &keep {
-        std::fs::write(k.join("compare-verbose.txt"), compare(&dir, &logs, None, true))
-            .expect("write report");
+        std::fs::write(
+            k.join("compare-verbose.txt"),
+            compare(&dir, &logs, None, true),
+        )
+        .expect("write report");
     }
 
     let mut failures = Vec::new();
     for (label, report) in [("all traces", &all), ("without llc.pcap", &without)] {
         let s = scores(report);
-        for (field, target) in [("conn_state", CONN_STATE_TARGET), ("history", HISTORY_TARGET)] {
+        for (field, target) in [
+            ("conn_state", CONN_STATE_TARGET),
+            ("history", HISTORY_TARGET),
+        ] {
             let (pct, line) = s
                 .get(field)
                 .unwrap_or_else(|| panic!("compare.py reported no {field} score:\n{report}"));
@@ -151,7 +157,13 @@ fn zeek_oracle_scores() {
                 failures.push(format!("{label}: {field} {pct}% < {target}%"));
             }
         }
-        for field in ["orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "duration"] {
+        for field in [
+            "orig_pkts",
+            "resp_pkts",
+            "orig_bytes",
+            "resp_bytes",
+            "duration",
+        ] {
             if let Some((_, line)) = s.get(field) {
                 eprintln!("{label}: {field}: {line}");
             }

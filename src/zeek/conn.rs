@@ -61,7 +61,10 @@ pub(crate) enum EpState {
 }
 
 fn is_handshake(s: EpState) -> bool {
-    matches!(s, EpState::Inactive | EpState::SynSent | EpState::SynAckSent)
+    matches!(
+        s,
+        EpState::Inactive | EpState::SynSent | EpState::SynAckSent
+    )
 }
 
 fn is_quiet(s: EpState) -> bool {
@@ -140,8 +143,7 @@ pub(crate) fn derive_conn_state(
 ) -> ConnState {
     use EpState::*;
     if rs == Reset {
-        if matches!(os, SynSent | SynAckSent) || (os == Reset && orig_size == 0 && resp_size == 0)
-        {
+        if matches!(os, SynSent | SynAckSent) || (os == Reset && orig_size == 0 && resp_size == 0) {
             ConnState::REJ
         } else if is_quiet(os) {
             ConnState::RSTRH
@@ -221,6 +223,8 @@ struct Reassembly {
     trim: u64,
     /// Non-overlapping ranges `start -> end` seen but not yet acknowledged.
     blocks: BTreeMap<u64, u64>,
+    /// Total length of `blocks`.
+    buffered: u64,
     skip: bool,
     did_eof: bool,
 }
@@ -231,6 +235,7 @@ impl Default for Reassembly {
             last_reassem: 1,
             trim: 1,
             blocks: BTreeMap::new(),
+            buffered: 0,
             skip: false,
             did_eof: false,
         }
@@ -259,7 +264,24 @@ impl Reassembly {
         }
         for (s, e) in pieces {
             self.blocks.insert(s, e);
+            self.buffered += e - s;
         }
+    }
+
+    /// Forgets the blocks that end at or below `seq`.
+    fn trim_front(&mut self, seq: u64) {
+        while let Some((&s, &e)) = self.blocks.iter().next() {
+            if e > seq {
+                break;
+            }
+            self.blocks.remove(&s);
+            self.buffered -= e - s;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.buffered = 0;
     }
 
     /// Moves `last_reassem` over every block that continues it.
@@ -282,10 +304,6 @@ impl Reassembly {
             .values()
             .next_back()
             .map_or(0, |&e| e.saturating_sub(self.last_reassem))
-    }
-
-    fn buffered_bytes(&self) -> u64 {
-        self.blocks.iter().map(|(s, e)| e - s).sum()
     }
 }
 
@@ -398,7 +416,10 @@ impl Endpoint {
             let d = seq_delta(cur, self.start32());
             return (i64::from(d) as u64, d < 0);
         }
-        (full_seq(cur, wraps).wrapping_sub(self.start_seq as u64), false)
+        (
+            full_seq(cur, wraps).wrapping_sub(self.start_seq as u64),
+            false,
+        )
     }
 }
 
@@ -606,9 +627,8 @@ impl Conn {
         }
         let (last, ack) = (e.last64(), e.ack64());
         let mut size = last.max(ack).wrapping_sub(e.start_seq as u64);
-        if size != 0 {
-            size -= 1;
-        }
+        // The SYN octet, then the FIN octet, are not payload.
+        size = size.saturating_sub(1);
         if e.fin_cnt > 0 && size != 0 {
             size -= 1;
         }
@@ -1011,7 +1031,8 @@ impl Conn {
                 }
                 if fin && !rst {
                     self.set_state(i, EpState::Closed);
-                    if self.ep[p].state == EpState::Reset && self.ep[p].prev_state == EpState::Closed
+                    if self.ep[p].state == EpState::Reset
+                        && self.ep[p].prev_state == EpState::Closed
                     {
                         // FIN then RST from the peer was a normal close after all.
                         self.set_state(p, EpState::Closed);
@@ -1068,9 +1089,9 @@ impl Conn {
         }
         let e = &mut self.ep[i];
         if (e.no_data_acked() && e.reasm.undelivered_bytes() > MAX_ABOVE_HOLE_WITHOUT_ACKS)
-            || e.reasm.buffered_bytes() > EXCESSIVE_DATA_WITHOUT_ACKS
+            || e.reasm.buffered > EXCESSIVE_DATA_WITHOUT_ACKS
         {
-            e.reasm.blocks.clear();
+            e.reasm.clear();
             e.reasm.skip = true;
         }
     }
@@ -1089,12 +1110,7 @@ impl Conn {
             self.undelivered(i, seq);
         }
         let r = &mut self.ep[i].reasm;
-        while let Some((&s, &e)) = r.blocks.iter().next() {
-            if e > seq {
-                break;
-            }
-            r.blocks.remove(&s);
-        }
+        r.trim_front(seq);
         let first_continues = r.blocks.keys().next() == Some(&r.last_reassem);
         if first_continues {
             self.block_inserted(i);

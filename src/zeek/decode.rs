@@ -653,7 +653,12 @@ mod tests {
         };
         assert_eq!(seg.ip_bytes, p.len() as u64);
         assert_eq!(seg.seg_len, 22);
-        assert!(transport_checksum_ok(seg.src, seg.dst, 6, &seg.tcp[..seg.seg_len]));
+        assert!(transport_checksum_ok(
+            seg.src,
+            seg.dst,
+            6,
+            &seg.tcp[..seg.seg_len]
+        ));
     }
 
     #[test]
@@ -661,10 +666,7 @@ mod tests {
         let mut p = v4_syn(b"");
         p[10] ^= 0xff;
         assert!(matches!(decode_ip(&p, p.len(), &ctx(false)), IpOut::Skip));
-        assert!(matches!(
-            decode_ip(&p, p.len(), &ctx(true)),
-            IpOut::Tcp(_)
-        ));
+        assert!(matches!(decode_ip(&p, p.len(), &ctx(true)), IpOut::Tcp(_)));
     }
 
     #[test]
@@ -683,9 +685,15 @@ mod tests {
     #[test]
     fn short_tcp_header_and_wire_length() {
         let p = v4_syn(b"");
-        assert!(matches!(decode_ip(&p[..30], p.len(), &ctx(true)), IpOut::Skip));
+        assert!(matches!(
+            decode_ip(&p[..30], p.len(), &ctx(true)),
+            IpOut::Skip
+        ));
         // Wire shorter than the IP total length.
-        assert!(matches!(decode_ip(&p, p.len() - 1, &ctx(true)), IpOut::Skip));
+        assert!(matches!(
+            decode_ip(&p, p.len() - 1, &ctx(true)),
+            IpOut::Skip
+        ));
     }
 
     #[test]

@@ -36,15 +36,15 @@ impl Reassembler {
         if f.offset.saturating_add(f.data.len()) > MAX_DATAGRAM {
             return None;
         }
-        if !self.pending.contains_key(&f.key) && self.pending.len() >= MAX_PENDING {
-            if let Some(oldest) = self
+        if !self.pending.contains_key(&f.key)
+            && self.pending.len() >= MAX_PENDING
+            && let Some(oldest) = self
                 .pending
                 .iter()
                 .min_by_key(|(_, p)| p.order)
                 .map(|(k, _)| *k)
-            {
-                self.pending.remove(&oldest);
-            }
+        {
+            self.pending.remove(&oldest);
         }
         self.counter += 1;
         let order = self.counter;

@@ -31,6 +31,9 @@ mod frag;
 mod log;
 mod tracker;
 
+#[cfg(test)]
+mod tests;
+
 pub use conn::ConnState;
 pub use log::{ConnLogWriter, format_zeek_time, write_conn_log};
 pub use tracker::ZeekTracker;
