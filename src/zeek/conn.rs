@@ -286,10 +286,12 @@ impl Reassembly {
 
     /// Moves `last_reassem` over every block that continues it.
     fn deliver(&mut self) {
-        for (&s, &e) in self.blocks.range(..=self.last_reassem) {
-            if s <= self.last_reassem && e > self.last_reassem {
-                self.last_reassem = e;
-            }
+        // Blocks never overlap: only the last one starting at or before `last_reassem` can
+        // reach past it.
+        if let Some((_, &e)) = self.blocks.range(..=self.last_reassem).next_back()
+            && e > self.last_reassem
+        {
+            self.last_reassem = e;
         }
         while let Some((&s, &e)) = self.blocks.range(self.last_reassem..).next() {
             if s != self.last_reassem {

@@ -20,10 +20,13 @@
 //! write_conn_log(&mut std::io::stdout(), &rows, 0.0).unwrap();
 //! ```
 //!
-//! Only TCP is tracked. Not reproduced: application-layer analysis (the `service` column, the
-//! `X` history letter, protocol-specific inactivity timeouts that need protocol detection) and
-//! tunnels other than IP-in-IP, GRE, VXLAN, Geneve, Teredo, AYIYA and GTP-U on their standard
-//! ports.
+//! Only TCP is tracked, as a plain `zeek -r` would (all default scripts loaded). Not
+//! reproduced: application-layer analysis (the `service` column, the `X` history letter, the
+//! one-hour inactivity timeout an SSH or FTP analyzer sets when it recognises its protocol on
+//! a non-standard port), `tunnel_parents` (tunnels are opened, but the tunnel connections
+//! themselves are not logged), and tunnels beyond IP-in-IP, GRE (also over UDP 4754), VXLAN,
+//! Geneve, GTP-U, Teredo and AYIYA. `zeek -b` runs with fewer likely server ports: set
+//! [`ZeekConfig::likely_server_ports`] to match such a run.
 
 mod conn;
 mod decode;
