@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::conn::{Conn, TimerKind, flip_at_creation};
 use super::decode::{Ctx, IpOut, TcpSeg, decode_ip, decode_reassembled, link_to_ip};
@@ -199,7 +200,10 @@ impl ZeekTracker {
         };
         if reuse {
             self.remove(key);
-            let flip = flip_at_creation(flags, sport, dport, &self.cfg.likely_server_ports);
+            // Never towards the limited broadcast address (section 3.2).
+            let broadcast = seg.dst == IpAddr::V4(Ipv4Addr::BROADCAST);
+            let flip =
+                !broadcast && flip_at_creation(flags, sport, dport, &self.cfg.likely_server_ports);
             let now = self.network_time.unwrap_or(ts);
             let conn = Conn::new(src, dst, flip, ts, now, seg.tunneled);
             let id = self.next_id;
