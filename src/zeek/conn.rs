@@ -1099,7 +1099,12 @@ impl Conn {
     }
 
     fn block_inserted(&mut self, i: usize) {
+        let before = self.ep[i].reasm.last_reassem;
         self.ep[i].reasm.deliver();
+        if self.ep[i].reasm.last_reassem == before {
+            // The new data does not continue the stream (above a hole, or old).
+            return;
+        }
         if self.ep[i].no_data_acked() && self.size(i) > MAX_INITIAL_WINDOW {
             // Sending much without any ACK: the peer's ACKs are presumably not in the capture.
             let to = self.ep[i].reasm.last_reassem;
