@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod report;
 pub mod tcp;
 pub mod time;
+pub mod zeek;
