@@ -14,6 +14,7 @@ use crate::flow::{EngineConfig, FlowKey};
 use crate::pipeline::{Engine, Outcome, Watch};
 use crate::report::{self, conns, diagnose, events, explain, states};
 use crate::time::{Dur, Ts, parse_time_arg};
+use crate::zeek::{self, ZeekConfig, ZeekTracker};
 
 /// Exit statuses, also listed in `--help` and the README.
 pub mod exit {
@@ -89,12 +90,28 @@ pub enum Format {
     Csv,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConnsFormat {
+    /// Aligned columns for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// A header row, then one row per connection.
+    Csv,
+    /// A Zeek conn.log (TSV with Zeek's header lines; Zeek's own connection rules).
+    Zeek,
+}
+
 #[derive(Args, Debug)]
 pub struct ConnsArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = ConnsFormat::Text)]
+    pub format: ConnsFormat,
+    /// With --format zeek: do not verify checksums (as `zeek -C`). Needed for captures taken
+    /// on the sending host (checksum offload, Linux loopback), whose TCP checksums are not valid.
+    #[arg(short = 'C', long)]
+    pub ignore_checksums: bool,
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +244,16 @@ fn usage(message: String) -> Failure {
 }
 
 /// Runs the engine over the inputs. Returns the outcome and, if reading stopped early, why.
+fn compile_filter(input: &InputArgs) -> Result<Option<PacketFilter>, Failure> {
+    if input.filter.is_empty() {
+        Ok(None)
+    } else {
+        PacketFilter::new(&input.filter.join(" "))
+            .map(Some)
+            .map_err(usage)
+    }
+}
+
 /// What to keep beyond the connection records.
 #[derive(Default)]
 struct Keep<'a> {
@@ -247,11 +274,7 @@ fn run_engine(
             input.time_wait
         )));
     }
-    let filter = if input.filter.is_empty() {
-        None
-    } else {
-        Some(PacketFilter::new(&input.filter.join(" ")).map_err(usage)?)
-    };
+    let filter = compile_filter(input)?;
     let cfg = EngineConfig {
         time_wait: Dur::from_secs_f64(input.time_wait),
         max_conns: input.max_conns,
@@ -320,8 +343,56 @@ fn finish_status(fault: Option<String>) -> Result<(), Failure> {
     }
 }
 
+/// `conns --format zeek`: Zeek's own connection model (`crate::zeek`) over the same input,
+/// written as a conn.log. The counters on stderr are the container's and the filter's.
+fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
+    let mut filter = compile_filter(input)?;
+    let mut tracker = ZeekTracker::new(ZeekConfig {
+        ignore_checksums,
+        ..ZeekConfig::default()
+    });
+    let mut container = ContainerCounters::default();
+    let (mut packets, mut filtered) = (0u64, 0u64);
+    let result = file::read_files(&input.files, &mut container, &mut |pkt| {
+        packets += 1;
+        if let Some(f) = filter.as_mut()
+            && !f.matches(pkt.linktype, pkt.data)
+        {
+            filtered += 1;
+        } else {
+            tracker.process(pkt);
+        }
+        ControlFlow::Continue(())
+    });
+    let fault = result.err().map(|e| e.to_string());
+    let rows = tracker.finish();
+    let opened = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    write_out(|out| zeek::write_conn_log(out, &rows, opened))?;
+    if !input.quiet {
+        let mut err = io::stderr().lock();
+        let _ = writeln!(err, "tcpstate: {packets:>10}  packets read");
+        if filtered > 0 {
+            let _ = writeln!(
+                err,
+                "tcpstate: {filtered:>10}  filtered out by the expression"
+            );
+        }
+        let _ = writeln!(
+            err,
+            "tcpstate: {:>10}  connections (Zeek's rules)",
+            rows.len()
+        );
+    }
+    finish_status(fault)
+}
+
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Conns(args) if args.format == ConnsFormat::Zeek => {
+            run_zeek(&args.input, args.ignore_checksums)
+        }
         Command::Conns(args) => {
             let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
             let end = outcome.end_ts.unwrap_or_default();
@@ -332,9 +403,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .collect();
             let start = outcome.first_ts.map(|t| t.as_secs_f64());
             write_out(|out| match args.format {
-                Format::Text => conns::write_table(out, &rows, start),
-                Format::Json => report::write_json_lines(out, &rows),
-                Format::Csv => report::write_csv(out, &rows),
+                ConnsFormat::Text => conns::write_table(out, &rows, start),
+                ConnsFormat::Json => report::write_json_lines(out, &rows),
+                ConnsFormat::Csv | ConnsFormat::Zeek => report::write_csv(out, &rows),
             })?;
             report_counters(args.input.quiet, &outcome, &container);
             finish_status(fault)
