@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""SYN-flood benchmark: packets per second and peak memory of `tcpstate diagnose` on a capture
+of N SYNs from distinct sources (127.0.0.0/8) to one server, with and without --max-conns.
+
+    cargo build --release && python3 benches/syn_flood.py [--syns 2000000] [--limits 100000,10000]
+
+The capture is written (not captured: no traffic is sent) to a temporary file and removed
+afterwards. Peak memory is the child's maximum resident set size (getrusage).
+"""
+import argparse
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_flood(path, n):
+    dst = bytes([10, 0, 0, 2])
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for i in range(n):
+            src = bytes([127, (i >> 16) & 255, (i >> 8) & 255, i & 255])
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0, src, dst)
+            tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 80, (i * 7919) & 0xFFFFFFFF,
+                              0, 0x50, 0x02, 65000, 0, 0)
+            frame = b"\0" * 12 + b"\x08\x00" + ip + tcp
+            t = 1767225600_000000 + i * 10  # 100,000 SYNs per second
+            out.write(struct.pack("<IIII", t // 1000000, t % 1000000, len(frame), len(frame)))
+            out.write(frame)
+
+
+def run(binary, path, extra):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.monotonic()
+    proc = subprocess.run([binary, "diagnose", "-q", "--format", "json", "-r", path] + extra,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.monotonic() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        sys.exit("tcpstate failed: %s" % proc.stderr)
+    flood = [l for l in proc.stdout.splitlines() if '"kind":"syn_flood"' in l]
+    # ru_maxrss of children is the largest so far: run the smallest configuration first.
+    return wall, max(peak_kb, before), bool(flood)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--syns", type=int, default=2_000_000)
+    ap.add_argument("--limits", default="10000,100000")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "tcpstate"))
+    args = ap.parse_args()
+    if not os.path.exists(args.binary):
+        sys.exit("build first: cargo build --release")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "flood.pcap")
+        write_flood(path, args.syns)
+        size = os.path.getsize(path)
+        print("capture: %d SYNs, %.0f MB; %s" % (args.syns, size / 1e6, time.strftime("%Y-%m-%d")))
+        print("%-24s %10s %14s %12s %10s" % ("run", "wall s", "packets/s", "peak MB", "finding"))
+        configs = [["--max-conns", l] for l in args.limits.split(",") if l] + [[]]
+        configs.sort(key=lambda c: int(c[1]) if c else 1 << 62)
+        for extra in configs:
+            # Each configuration in a fresh child so its peak is its own.
+            code = ("import sys; sys.path.insert(0, %r); import syn_flood as b; "
+                    "w, p, f = b.run(%r, %r, %r); print(w, p, f)") % (
+                os.path.dirname(os.path.abspath(__file__)), args.binary, path, extra)
+            out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 text=True, check=True).stdout.split()
+            wall, peak, found = float(out[0]), int(out[1]), out[2] == "True"
+            label = " ".join(extra) or "no limit"
+            print("%-24s %10.2f %14.0f %12.1f %10s" % (label, wall, args.syns / wall, peak / 1024,
+                                                        "syn_flood" if found else "MISSING"))
+
+
+if __name__ == "__main__":
+    main()
