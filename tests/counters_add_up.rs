@@ -24,7 +24,7 @@ struct Frame {
 
 fn tcp(port: u16, flags: u8, seq: u32, len: u16) -> Vec<u8> {
     let client = format!("10.0.0.1:{port}");
-    if port % 2 == 0 {
+    if port.is_multiple_of(2) {
         tcp_frame(&client, "10.0.0.2:80", flags, seq, 0, len)
     } else {
         tcp_frame("10.0.0.2:80", &client, flags, seq, 0, len)

@@ -6,7 +6,7 @@
 //!
 //! The files are also kept in `tests/hostile/` as a corpus (fuzz seeds, manual runs); the
 //! test checks they are what this file builds (`UPDATE_HOSTILE=1` rewrites them). Crash inputs
-//! the fuzzers found are in `tests/hostile/fuzz/` and run here too.
+//! the fuzzers find go in `tests/hostile/fuzz/` (none so far) and run here too.
 
 mod common;
 
