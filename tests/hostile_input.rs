@@ -6,7 +6,7 @@
 //!
 //! The files are also kept in `tests/hostile/` as a corpus (fuzz seeds, manual runs); the
 //! test checks they are what this file builds (`UPDATE_HOSTILE=1` rewrites them). Crash inputs
-//! the fuzzers find go in `tests/hostile/fuzz/` (none so far) and run here too.
+//! the fuzzers found are in `tests/hostile/fuzz/` and run here too.
 
 mod common;
 
@@ -256,6 +256,16 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
                 ng.out[at + 20..at + 24].copy_from_slice(&big);
             }),
         ),
+        (
+            "pcapng_block_length_below_12.pcapng",
+            pcapng_around(|ng| {
+                // A Process Information Block claiming 10 bytes: below any block's 12.
+                let (kind, len) = (ng.u32(0x8000_0001), ng.u32(10));
+                ng.out.extend(kind);
+                ng.out.extend(len);
+                ng.out.extend([0; 4]);
+            }),
+        ),
         ("timestamps_jump_years.pcap", {
             let mut recs = around(vec![tcp_frame(&other(4), SERVER, SYN, 1, 0, 0)]);
             recs[4].sec = u32::MAX; // 2106-02-07
@@ -466,6 +476,32 @@ fn pcapng_captured_length_beyond_the_block() {
     assert_corrupt_block(
         "pcapng_caplen_beyond_block.pcapng",
         "corrupt record at byte offset 408 (after packet 4): a length inside the block",
+    );
+}
+
+#[test]
+fn pcapng_block_length_below_12() {
+    // pcap-parser 0.17 computed 10 - 12 here: a panic in a debug build (found by the fuzzer).
+    assert_corrupt_block(
+        "pcapng_block_length_below_12.pcapng",
+        "corrupt record at byte offset 408 (after packet 4): block length 10 is below the 12-byte minimum",
+    );
+}
+
+#[test]
+fn fuzz_found_process_information_block_length_10() {
+    // The fuzzer's own input: a big-endian section whose second block is that PIB.
+    let path = hostile_dir().join("fuzz/pcapng_process_info_block_length_10.pcapng");
+    let run = conns(path.to_str().expect("utf-8 path"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let errors = error_lines(&run.stderr);
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains(
+            "corrupt record at byte offset 28 (after packet 0): block length 10 is below the 12-byte minimum"
+        ),
+        "{}",
+        errors[0]
     );
 }
 

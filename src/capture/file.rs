@@ -155,6 +155,20 @@ fn read_one<'r>(
                 return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
             }
         }
+        // Every pcapng block is at least 12 bytes (type, length, trailing length). pcap-parser
+        // (0.17) checks that only against each block type's own header size, which is smaller
+        // for some types (a Process Information Block of length 10 made it compute 10 - 12:
+        // a panic in a debug build, and in release a wrapped length that read on to the end
+        // of the file). Found by the `pipeline` fuzz target.
+        if let Some(len) = ng_block_len(reader.data(), ng_big_endian)
+            && len < 12
+        {
+            return Err(err(CaptureErrorKind::Corrupt {
+                offset,
+                packets,
+                why: format!("block length {len} is below the 12-byte minimum"),
+            }));
+        }
         let whole_ng_block_buffered = ng_block_buffered(reader.data(), ng_big_endian);
         match reader.next() {
             Ok((len, block)) => {
@@ -304,21 +318,27 @@ fn read_one<'r>(
     }
 }
 
-/// Is the whole of the next pcapng block (by its leading length) already in `data`? Then a
-/// parser asking for more means a length inside the block is wrong. Not for a Section Header
-/// Block, whose byte order is its own; only once a section's byte order is known.
-fn ng_block_buffered(data: &[u8], big_endian: Option<bool>) -> bool {
+/// The leading length of the next pcapng block in `data`, once a section's byte order is
+/// known and the 8-byte block start is buffered. Not for a Section Header Block, whose byte
+/// order is its own (pcap-parser checks its length).
+fn ng_block_len(data: &[u8], big_endian: Option<bool>) -> Option<usize> {
     let (Some(big), Some(head)) = (big_endian, data.get(0..8)) else {
-        return false;
+        return None;
     };
     if head[0..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
-        return false;
+        return None;
     }
     let len = [head[4], head[5], head[6], head[7]];
     let len = if big {
         u32::from_be_bytes(len)
     } else {
         u32::from_le_bytes(len)
-    } as usize;
-    len >= 12 && data.len() >= len
+    };
+    Some(len as usize)
+}
+
+/// Is the whole of the next pcapng block (by its leading length) already in `data`? Then a
+/// parser asking for more means a length inside the block is wrong.
+fn ng_block_buffered(data: &[u8], big_endian: Option<bool>) -> bool {
+    ng_block_len(data, big_endian).is_some_and(|len| len >= 12 && data.len() >= len)
 }
