@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Rec, Run, json_lines, pcaps_dir, tcpstate, tcpstate_with_stdin};
+use common::{Ng, Rec, Run, json_lines, pcaps_dir, tcpstate, tcpstate_with_stdin};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -119,90 +119,6 @@ fn pcap_bytes(linktype: u32, recs: &[Rec], big: bool, nanos: bool) -> Vec<u8> {
 
 fn pcap(linktype: u32, recs: &[Rec]) -> Vec<u8> {
     pcap_bytes(linktype, recs, false, false)
-}
-
-/// pcapng writer: blocks in one byte order per section.
-struct Ng {
-    out: Vec<u8>,
-    big: bool,
-}
-
-impl Ng {
-    fn new() -> Ng {
-        Ng {
-            out: Vec::new(),
-            big: false,
-        }
-    }
-    fn u16(&self, v: u16) -> [u8; 2] {
-        if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        }
-    }
-    fn u32(&self, v: u32) -> [u8; 4] {
-        if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        }
-    }
-    fn block(&mut self, kind: u32, body: &[u8]) {
-        let mut body = body.to_vec();
-        while !body.len().is_multiple_of(4) {
-            body.push(0);
-        }
-        let total = 12 + body.len() as u32;
-        let (k, t) = (self.u32(kind), self.u32(total));
-        self.out.extend(k);
-        self.out.extend(t);
-        self.out.extend(body);
-        self.out.extend(t);
-    }
-    /// Starts a section in the given byte order.
-    fn shb(&mut self, big: bool) -> &mut Ng {
-        self.big = big;
-        let mut body = Vec::new();
-        body.extend(self.u32(0x1a2b_3c4d));
-        body.extend(self.u16(1));
-        body.extend(self.u16(0));
-        body.extend(if big {
-            (-1i64).to_be_bytes()
-        } else {
-            (-1i64).to_le_bytes()
-        });
-        self.block(0x0a0d_0d0a, &body);
-        self
-    }
-    /// An interface; `tsresol` is the if_tsresol option byte (none: the default, microseconds).
-    fn idb(&mut self, linktype: u16, tsresol: Option<u8>) -> &mut Ng {
-        let mut body = Vec::new();
-        body.extend(self.u16(linktype));
-        body.extend(self.u16(0));
-        body.extend(self.u32(262_144));
-        if let Some(r) = tsresol {
-            body.extend(self.u16(9));
-            body.extend(self.u16(1));
-            body.extend([r, 0, 0, 0]);
-            body.extend(self.u16(0)); // opt_endofopt
-            body.extend(self.u16(0));
-        }
-        self.block(1, &body);
-        self
-    }
-    /// An Enhanced Packet Block; the timestamp is in the interface's units.
-    fn epb(&mut self, iface: u32, ts: u64, orig_len: u32, data: &[u8]) -> &mut Ng {
-        let mut body = Vec::new();
-        body.extend(self.u32(iface));
-        body.extend(self.u32((ts >> 32) as u32));
-        body.extend(self.u32(ts as u32));
-        body.extend(self.u32(data.len() as u32));
-        body.extend(self.u32(orig_len));
-        body.extend(data);
-        self.block(6, &body);
-        self
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 //! classic pcap files, and building TCP frames.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -17,6 +18,16 @@ pub struct Run {
 /// Runs the tcpstate binary, feeding `stdin` if given; a panic in it fails the test whatever
 /// the caller checks.
 pub fn tcpstate_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    run_tcpstate(args, stdin, None)
+}
+
+/// Runs the tcpstate binary on `args`, killing it and failing the test if it has not ended
+/// within `limit` (hostile input must not hang it).
+pub fn tcpstate_within(args: &[&str], limit: Duration) -> Run {
+    run_tcpstate(args, None, Some(limit))
+}
+
+fn run_tcpstate(args: &[&str], stdin: Option<&[u8]>, limit: Option<Duration>) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
         .args(args)
         .stdin(if stdin.is_some() {
@@ -36,7 +47,38 @@ pub fn tcpstate_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
             let _ = pipe.write_all(&bytes);
         });
     }
-    let out = child.wait_with_output().expect("wait for tcpstate");
+    let out = match limit {
+        None => child.wait_with_output().expect("wait for tcpstate"),
+        Some(limit) => {
+            // Readers on threads so the child never blocks on a full pipe while we poll.
+            let drain = |mut r: Box<dyn Read + Send>| {
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let _ = r.read_to_end(&mut buf);
+                    buf
+                })
+            };
+            let out_t = drain(Box::new(child.stdout.take().expect("stdout pipe")));
+            let err_t = drain(Box::new(child.stderr.take().expect("stderr pipe")));
+            let deadline = Instant::now() + limit;
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("poll tcpstate") {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("tcpstate {args:?} did not finish within {limit:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            Output {
+                status,
+                stdout: out_t.join().expect("stdout reader"),
+                stderr: err_t.join().expect("stderr reader"),
+            }
+        }
+    };
     let run = Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -169,6 +211,91 @@ pub fn rec_at(ms: u64, frame: Vec<u8>) -> Rec {
         usec: ((ms % 1000) * 1000) as u32,
         orig_len: frame.len() as u32,
         data: frame,
+    }
+}
+
+/// pcapng writer: blocks in one byte order per section.
+#[derive(Default)]
+pub struct Ng {
+    pub out: Vec<u8>,
+    pub big: bool,
+}
+
+impl Ng {
+    pub fn new() -> Ng {
+        Ng {
+            out: Vec::new(),
+            big: false,
+        }
+    }
+    pub fn u16(&self, v: u16) -> [u8; 2] {
+        if self.big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    }
+    pub fn u32(&self, v: u32) -> [u8; 4] {
+        if self.big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    }
+    pub fn block(&mut self, kind: u32, body: &[u8]) {
+        let mut body = body.to_vec();
+        while !body.len().is_multiple_of(4) {
+            body.push(0);
+        }
+        let total = 12 + body.len() as u32;
+        let (k, t) = (self.u32(kind), self.u32(total));
+        self.out.extend(k);
+        self.out.extend(t);
+        self.out.extend(body);
+        self.out.extend(t);
+    }
+    /// Starts a section in the given byte order.
+    pub fn shb(&mut self, big: bool) -> &mut Ng {
+        self.big = big;
+        let mut body = Vec::new();
+        body.extend(self.u32(0x1a2b_3c4d));
+        body.extend(self.u16(1));
+        body.extend(self.u16(0));
+        body.extend(if big {
+            (-1i64).to_be_bytes()
+        } else {
+            (-1i64).to_le_bytes()
+        });
+        self.block(0x0a0d_0d0a, &body);
+        self
+    }
+    /// An interface; `tsresol` is the if_tsresol option byte (none: the default, microseconds).
+    pub fn idb(&mut self, linktype: u16, tsresol: Option<u8>) -> &mut Ng {
+        let mut body = Vec::new();
+        body.extend(self.u16(linktype));
+        body.extend(self.u16(0));
+        body.extend(self.u32(262_144));
+        if let Some(r) = tsresol {
+            body.extend(self.u16(9));
+            body.extend(self.u16(1));
+            body.extend([r, 0, 0, 0]);
+            body.extend(self.u16(0)); // opt_endofopt
+            body.extend(self.u16(0));
+        }
+        self.block(1, &body);
+        self
+    }
+    /// An Enhanced Packet Block; the timestamp is in the interface's units.
+    pub fn epb(&mut self, iface: u32, ts: u64, orig_len: u32, data: &[u8]) -> &mut Ng {
+        let mut body = Vec::new();
+        body.extend(self.u32(iface));
+        body.extend(self.u32((ts >> 32) as u32));
+        body.extend(self.u32(ts as u32));
+        body.extend(self.u32(data.len() as u32));
+        body.extend(self.u32(orig_len));
+        body.extend(data);
+        self.block(6, &body);
+        self
     }
 }
 
