@@ -105,7 +105,10 @@ proptest! {
     ) {
         let start = Ts::from_parts(1_767_225_600, 0);
         let at = |ms: i64| start.plus(Dur::from_millis(ms));
-        let cfg = EngineConfig { time_wait: Dur::from_secs_f64(60.0) };
+        let cfg = EngineConfig {
+            time_wait: Dur::from_secs_f64(60.0),
+            max_conns: None,
+        };
         let filter = filter.map(|f| PacketFilter::new(f).expect("valid filter"));
         let mut engine = Engine::new(cfg)
             .with_filter(filter)

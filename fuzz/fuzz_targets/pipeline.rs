@@ -17,6 +17,8 @@ use tcpstate::time::Dur;
 fuzz_target!(|data: &[u8]| {
     let cfg = EngineConfig {
         time_wait: Dur::from_secs_f64(60.0),
+        // Small, so that eviction runs on fuzzed inputs too.
+        max_conns: Some(8),
     };
     let mut engine = Engine::new(cfg)
         .record_transitions(true)
