@@ -73,6 +73,11 @@ pub fn epoch_secs(ts: Ts) -> f64 {
     (ts.0 as f64 / 1e3).round() / 1e6
 }
 
+/// Seconds rounded to the microsecond, for durations in reports.
+pub fn duration_secs(d: Dur) -> f64 {
+    (d.0 as f64 / 1e3).round() / 1e6
+}
+
 pub fn parse_time_arg(arg: &str, capture_start: Option<Ts>) -> Result<Ts, String> {
     let arg = arg.trim();
     if let Some(rel) = arg.strip_prefix('+') {

@@ -13,7 +13,7 @@ use crate::flow::conn::{Handshake, TimeWaitEnd};
 use crate::flow::{Connection, Side};
 use crate::pipeline::Outcome;
 use crate::tcp::TcpState;
-use crate::time::{Dur, Ts, epoch_secs};
+use crate::time::{Dur, Ts, duration_secs as secs, epoch_secs};
 
 /// Linux's default `net.ipv4.ip_local_port_range`.
 pub const LINUX_EPHEMERAL_PORTS: (u16, u16) = (32768, 60999);
@@ -130,10 +130,6 @@ impl EvidenceBuilder {
             last: self.last.map(epoch_secs),
         }
     }
-}
-
-fn secs(d: Dur) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e6
 }
 
 fn server_of(c: &Connection) -> String {

@@ -9,12 +9,10 @@ use serde::Serialize;
 
 use crate::flow::Connection;
 use crate::flow::conn::{Handshake, Side, TimeWaitEnd};
-use crate::time::Ts;
-
-use crate::time::epoch_secs as secs;
+use crate::time::{Ts, duration_secs, epoch_secs as secs};
 
 fn dur(from: Ts, to: Ts) -> f64 {
-    (to.since(from).0 as f64 / 1e3).round() / 1e6
+    duration_secs(to.since(from))
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -80,14 +78,7 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let syn = client.syn_first;
     let synack = c.synack_first;
     let done = c.handshake_done;
-    let fins: Vec<Ts> = {
-        let mut v: Vec<Ts> = [client.fin_time, server.fin_time]
-            .into_iter()
-            .flatten()
-            .collect();
-        v.sort();
-        v
-    };
+    let fins = c.fin_times();
     let first_closer = if c.crossed_fins {
         Some("simultaneous")
     } else {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::analysis::stats::Distribution;
 use crate::flow::conn::{Handshake, TimeWaitEnd};
 use crate::flow::{Connection, Side};
-use crate::time::{Dur, Ts};
+use crate::time::duration_secs as secs;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct HandshakeCounts {
@@ -61,10 +61,6 @@ pub struct Summary {
     pub time_wait_reset: u64,
 }
 
-fn secs(d: Dur) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e6
-}
-
 pub fn summarize_all(conns: &[Connection]) -> Summary {
     let mut h = HandshakeCounts::default();
     let mut k = CloseCounts::default();
@@ -93,11 +89,7 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
                 synack_ack.push(secs(done.since(sa)));
             }
         }
-        let fins: Vec<Ts> = {
-            let mut v: Vec<Ts> = c.ends.iter().filter_map(|e| e.fin_time).collect();
-            v.sort();
-            v
-        };
+        let fins = c.fin_times();
         match fins.as_slice() {
             [a, b] => half.push(secs(b.since(*a))),
             [_] if c.reset.is_none() => half_open += 1,

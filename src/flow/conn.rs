@@ -344,6 +344,13 @@ impl Connection {
             })
     }
 
+    /// The times of the FINs seen (none, one or both), earliest first.
+    pub fn fin_times(&self) -> Vec<Ts> {
+        let mut v: Vec<Ts> = self.ends.iter().filter_map(|e| e.fin_time).collect();
+        v.sort();
+        v
+    }
+
     /// The side whose FIN came first, if any.
     pub fn first_closer(&self) -> Option<Side> {
         match (self.ends[0].fin_time, self.ends[1].fin_time) {
