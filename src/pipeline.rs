@@ -124,6 +124,27 @@ impl Engine {
         self.table.len()
     }
 
+    /// The connections being tracked now (their states as of the last packet), in no order.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.table.live()
+    }
+
+    /// The engine's clock: the latest packet time seen (never goes backwards).
+    pub fn now(&self) -> Option<Ts> {
+        self.clock
+    }
+
+    /// Takes the connection records that have ended since the last call, in the order they
+    /// ended; `finish` returns only the rest. Live reports stream these as they happen.
+    pub fn take_ended(&mut self) -> Vec<Connection> {
+        self.table.take_ended()
+    }
+
+    /// Counters of the flow table so far.
+    pub fn flow_counters(&self) -> FlowCounters {
+        self.table.counters
+    }
+
     pub fn process(&mut self, pkt: &RawPacket<'_>) {
         self.counters.packets += 1;
         if let Some(stop) = self.stop_after

@@ -75,6 +75,17 @@ impl FlowTable {
         self.live.is_empty()
     }
 
+    /// The connections being tracked now, in no particular order.
+    pub fn live(&self) -> impl Iterator<Item = &Connection> {
+        self.live.values()
+    }
+
+    /// Takes the records that have ended since the last call (superseded by a new connection
+    /// on their 4-tuple, evicted, or expired), in the order they ended.
+    pub fn take_ended(&mut self) -> Vec<Connection> {
+        std::mem::take(&mut self.superseded)
+    }
+
     /// Feeds one segment; returns the id of the connection it was given to.
     pub fn on_segment(
         &mut self,
