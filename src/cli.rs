@@ -278,6 +278,7 @@ fn run_engine(
     let cfg = EngineConfig {
         time_wait: Dur::from_secs_f64(input.time_wait),
         max_conns: input.max_conns,
+        ..EngineConfig::default()
     };
     // Absolute times are known before reading; relative ones need the first packet.
     let mut stop = None;

@@ -9,7 +9,7 @@ use common::tcp_frame;
 use proptest::prelude::*;
 use tcpstate::capture::RawPacket;
 use tcpstate::capture::filter::PacketFilter;
-use tcpstate::flow::EngineConfig;
+use tcpstate::flow::{EngineConfig, IdleTimeouts};
 use tcpstate::pipeline::{Engine, PacketCounters};
 use tcpstate::time::{Dur, Ts};
 
@@ -102,12 +102,23 @@ proptest! {
         input in frames(),
         filter in prop_oneof![Just(None), Just(Some("tcp port 80")), Just(Some("ip"))],
         stop_ms in proptest::option::of(0i64..1000),
+        short_timers in any::<bool>(),
     ) {
         let start = Ts::from_parts(1_767_225_600, 0);
         let at = |ms: i64| start.plus(Dur::from_millis(ms));
-        let cfg = EngineConfig {
-            time_wait: Dur::from_secs_f64(60.0),
-            max_conns: None,
+        // Short timers make records end (2MSL, idle timeouts) between the packets too.
+        let cfg = if short_timers {
+            EngineConfig {
+                time_wait: Dur::from_millis(100),
+                max_conns: None,
+                idle: IdleTimeouts {
+                    handshake: Dur::from_millis(150),
+                    established: Dur::from_millis(300),
+                    closing: Dur::from_millis(200),
+                },
+            }
+        } else {
+            EngineConfig::default()
         };
         let filter = filter.map(|f| PacketFilter::new(f).expect("valid filter"));
         let mut engine = Engine::new(cfg)

@@ -278,6 +278,107 @@ fn a_new_attempt_from_the_same_port_closes_the_abandoned_one() {
     assert_eq!(t.event, Event::Superseded);
 }
 
+// ---- idle timeouts and the end of records ----
+
+#[test]
+fn an_idle_established_connection_expires_with_its_states() {
+    let mut d = established();
+    d.cfg.idle.established = Dur::from_millis(10_000);
+    let last = d.now;
+    // Over 10 s of silence, then the client speaks again: the old record ended at its deadline
+    // with both sides still ESTABLISHED, and this packet starts a mid-stream pickup.
+    d.c(ACK);
+    assert_eq!(d.table.len(), 1);
+    let before = d.now;
+    d.raw(Side::Client, PSH | ACK, 1001, 5001, 5, 10_001);
+    assert_eq!(d.table.counters.expired_idle, 1);
+    let ended = d.table.take_ended();
+    assert_eq!(ended.len(), 1);
+    let old = &ended[0];
+    assert_eq!(old.expired_at, Some(before.plus(Dur::from_millis(10_000))));
+    assert!(old.last > last);
+    assert_eq!(
+        (old.end(Side::Client).state, old.end(Side::Server).state),
+        (Established, Established)
+    );
+    let (conns, _) = d.finish(Dur(0));
+    assert_eq!(conns.len(), 1, "only the pickup is left");
+    assert!(conns[0].partial);
+    assert_eq!(conns[0].expired_at, None);
+}
+
+#[test]
+fn a_packet_at_the_idle_timeout_keeps_the_connection() {
+    let mut d = established();
+    d.cfg.idle.established = Dur::from_millis(10_000);
+    d.raw(Side::Client, PSH | ACK, 1001, 5001, 5, 10_000);
+    assert_eq!(d.table.counters.expired_idle, 0);
+    assert!(d.table.take_ended().is_empty());
+}
+
+#[test]
+fn a_closed_connection_ends_2msl_after_its_last_packet() {
+    let mut d = established();
+    d.c(FIN | ACK).s(FIN | ACK).c(ACK);
+    let last = d.now;
+    // Another connection's packets move the clock on; sweeps end the first record once it
+    // has been silent for 2MSL, its TIME_WAIT run out, and it is not marked expired.
+    let other: SockAddr = "10.0.0.9:50000".parse().unwrap();
+    for step in 1..=70 {
+        let seg = Segment {
+            src: other,
+            dst: Dialog::addr(Side::Server),
+            seq: 1,
+            ack: 0,
+            flags: SYN,
+            window: 1000,
+            wscale: None,
+            payload_len: 0,
+        };
+        let at = last.plus(Dur::from_millis(1000 * step));
+        d.table
+            .on_segment(&seg, at, 100 + step as u64, &d.cfg, &mut None);
+        let ended = d.table.take_ended();
+        if at.since(last) <= d.cfg.time_wait {
+            assert!(ended.is_empty(), "ended early, at {step} s");
+        } else if let Some(conn) = ended.first() {
+            assert_eq!(conn.expired_at, None);
+            assert_eq!(conn.end(Side::Client).state, Closed);
+            let tw = conn.end(Side::Client).time_wait.unwrap();
+            assert_eq!(tw.end.unwrap().1, TimeWaitEnd::Expired);
+            assert_eq!(d.table.counters.expired_idle, 0);
+            // A sweep comes at most 10 s of packet time later.
+            assert!(at.since(last) <= d.cfg.time_wait.plus_secs(10), "{step}");
+            return;
+        }
+    }
+    panic!("the closed connection never ended");
+}
+
+trait PlusSecs {
+    fn plus_secs(self, s: i64) -> Dur;
+}
+impl PlusSecs for Dur {
+    fn plus_secs(self, s: i64) -> Dur {
+        Dur(self.0 + s * 1_000_000_000)
+    }
+}
+
+#[test]
+fn an_unanswered_syn_gives_up_and_ends() {
+    let mut d = Dialog::new();
+    d.raw(Side::Client, SYN, 1000, 0, 0, 0);
+    assert!(d.table.take_ended().is_empty());
+    // The handshake timeout ends the record; a later SYN with the same ISN is not a
+    // retransmission of a record long gone but a new attempt.
+    d.raw(Side::Client, SYN, 1000, 0, 0, 181_000);
+    let ended = d.table.take_ended();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].end(Side::Client).state, Closed, "gave up");
+    assert_eq!(ended[0].expired_at, None, "over, so not an expiry");
+    assert_eq!(d.table.len(), 1);
+}
+
 #[test]
 fn late_packets_after_close_make_no_phantom_connection() {
     let mut d = established();

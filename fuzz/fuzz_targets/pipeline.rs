@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use libfuzzer_sys::fuzz_target;
 use tcpstate::analysis::{self, findings, summary};
 use tcpstate::capture::{ContainerCounters, file};
-use tcpstate::flow::EngineConfig;
+use tcpstate::flow::{EngineConfig, IdleTimeouts};
 use tcpstate::pipeline::{Engine, Watch};
 use tcpstate::report::{self, conns, diagnose, events, explain, states};
 use tcpstate::time::Dur;
@@ -19,6 +19,12 @@ fuzz_target!(|data: &[u8]| {
         time_wait: Dur::from_secs_f64(60.0),
         // Small, so that eviction runs on fuzzed inputs too.
         max_conns: Some(8),
+        // Short, so that idle expiry runs on fuzzed inputs too.
+        idle: IdleTimeouts {
+            handshake: Dur::from_millis(1500),
+            established: Dur::from_millis(3000),
+            closing: Dur::from_millis(2000),
+        },
     };
     let mut engine = Engine::new(cfg)
         .record_transitions(true)

@@ -26,6 +26,8 @@ pub struct ConnSummary {
     pub partial: bool,
     /// Tracking stopped early to stay within `--max-conns`: states are as of `end`.
     pub evicted: bool,
+    /// Tracking stopped after an idle timeout (`--idle-timeout`): states are as of `end`.
+    pub expired: bool,
     pub start: f64,
     pub end: f64,
     pub duration: f64,
@@ -73,6 +75,7 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let end = c
         .superseded_at
         .or(c.evicted_at)
+        .or(c.expired_at)
         .unwrap_or(c.last)
         .max(c.last);
     let syn = client.syn_first;
@@ -107,6 +110,7 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
         direction_guessed: c.direction_guessed,
         partial: c.partial,
         evicted: c.evicted_at.is_some(),
+        expired: c.expired_at.is_some(),
         start: secs(c.start),
         end: secs(end),
         duration: dur(c.start, end),

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     /// At most this many connections tracked at once; the least recently active are evicted
     /// to make room (`--max-conns`). `None`: no limit.
     pub max_conns: Option<usize>,
+    /// How long a connection may stay silent, by state, before tracking stops.
+    pub idle: IdleTimeouts,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +55,48 @@ impl Default for EngineConfig {
         EngineConfig {
             time_wait: Dur::from_millis(60_000),
             max_conns: None,
+            idle: IdleTimeouts::default(),
+        }
+    }
+}
+
+/// Silence after which a connection that is not over stops being tracked: its record ends
+/// with its states as they were (marked expired), and a later packet on its 4-tuple starts
+/// a connection picked up mid-stream. A connection is timed by its most open endpoint.
+/// Connections that are over (both sides CLOSED or in TIME_WAIT) end 2MSL after their last
+/// packet, the same rule that decides when a packet on their 4-tuple is a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleTimeouts {
+    /// SYN_SENT, SYN_RECV: an unanswered or unfinished handshake. Linux gives up a SYN after
+    /// about 127 s (6 retries) and a SYN-ACK after about 63 s; this is the backstop.
+    pub handshake: Dur,
+    /// ESTABLISHED, CLOSE_WAIT, FIN_WAIT2: states an application can hold for ever (an idle
+    /// connection without keepalive, a CLOSE_WAIT leak), so the longest.
+    pub established: Dur,
+    /// FIN_WAIT1, CLOSING, LAST_ACK: a FIN is in flight and the kernel retransmits it;
+    /// Linux gives up within minutes (tcp_retries2, tcp_orphan_retries).
+    pub closing: Dur,
+}
+
+impl Default for IdleTimeouts {
+    fn default() -> Self {
+        IdleTimeouts {
+            handshake: Dur::from_millis(180_000),
+            established: Dur::from_millis(24 * 3600 * 1000),
+            closing: Dur::from_millis(600_000),
+        }
+    }
+}
+
+impl IdleTimeouts {
+    /// How long an endpoint in `state` may stay silent; `None` for states that end 2MSL
+    /// after the last packet (CLOSED, TIME_WAIT, LISTEN).
+    pub fn for_state(&self, state: TcpState) -> Option<Dur> {
+        match state {
+            SynSent | SynRecv => Some(self.handshake),
+            Established | CloseWait | FinWait2 => Some(self.established),
+            FinWait1 | Closing | LastAck => Some(self.closing),
+            Closed | Listen | TimeWait => None,
         }
     }
 }
@@ -249,6 +293,8 @@ pub struct Connection {
     pub superseded_at: Option<Ts>,
     /// Tracking stopped here to make room (`--max-conns`): its states are as of this time.
     pub evicted_at: Option<Ts>,
+    /// Tracking stopped here after an idle timeout: its states are as of this time.
+    pub expired_at: Option<Ts>,
 }
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
@@ -298,6 +344,7 @@ impl Connection {
             anomalies: ConnAnomalies::default(),
             superseded_at: None,
             evicted_at: None,
+            expired_at: None,
         }
     }
 
@@ -349,6 +396,20 @@ impl Connection {
         let mut v: Vec<Ts> = self.ends.iter().filter_map(|e| e.fin_time).collect();
         v.sort();
         v
+    }
+
+    /// When tracking of this connection ends if no packet comes before: 2MSL after its last
+    /// packet once it is over, else the idle timeout of its most open endpoint.
+    pub fn idle_deadline(&self, cfg: &EngineConfig) -> Ts {
+        let longest = self
+            .ends
+            .iter()
+            .filter_map(|e| cfg.idle.for_state(e.state))
+            .max();
+        match longest {
+            Some(timeout) if !self.is_over() => self.last.plus(timeout),
+            _ => self.last.plus(cfg.time_wait),
+        }
     }
 
     /// The side whose FIN came first, if any.

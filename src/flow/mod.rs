@@ -7,11 +7,11 @@ use hashbrown::HashMap;
 
 use crate::decode::{Segment, SockAddr, flags};
 use crate::tcp::TcpState;
-use crate::time::Ts;
-pub use conn::{Connection, EngineConfig, Side, TransitionSink};
+use crate::time::{Dur, Ts};
+pub use conn::{Connection, EngineConfig, IdleTimeouts, Side, TransitionSink};
 
 /// A 4-tuple in canonical order (lower address:port first), so both directions meet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey(SockAddr, SockAddr);
 
 impl FlowKey {
@@ -34,6 +34,9 @@ pub struct FlowCounters {
     /// Of those, half-open attempts (SYN or SYN-ACK only) dropped without a record to keep
     /// memory bounded under a SYN flood; counted per server in `FlowTable::flood`.
     pub evicted_half_open: u64,
+    /// Connections not over whose tracking stopped after an idle timeout (their records are
+    /// kept, as of then).
+    pub expired_idle: u64,
 }
 
 /// Half-open attempts evicted without a record, per server address:port.
@@ -51,8 +54,11 @@ const FLOOD_SERVERS_KEPT: usize = 4096;
 #[derive(Default)]
 pub struct FlowTable {
     live: HashMap<FlowKey, Connection>,
-    /// Records ended by a reuse of their 4-tuple, in the order they ended.
-    superseded: Vec<Connection>,
+    /// Records that have ended (superseded by a reuse of their 4-tuple, over for 2MSL,
+    /// expired or evicted), in the order they ended, until someone takes them.
+    ended: Vec<Connection>,
+    /// Packet time of the next sweep for connections past their idle deadline.
+    next_sweep: Option<Ts>,
     next_id: u64,
     pub counters: FlowCounters,
     /// Evicted half-open attempts per server (at most `FLOOD_SERVERS_KEPT` servers).
@@ -83,7 +89,7 @@ impl FlowTable {
     /// Takes the records that have ended since the last call (superseded by a new connection
     /// on their 4-tuple, evicted, or expired), in the order they ended.
     pub fn take_ended(&mut self) -> Vec<Connection> {
-        std::mem::take(&mut self.superseded)
+        std::mem::take(&mut self.ended)
     }
 
     /// Feeds one segment; returns the id of the connection it was given to.
@@ -96,6 +102,15 @@ impl FlowTable {
         sink: &mut TransitionSink<'_>,
     ) -> u64 {
         let key = FlowKey::new(seg.src, seg.dst);
+        self.sweep_if_due(ts, cfg, sink);
+        // A record past its deadline ends now, whether or not a sweep has come by, so that
+        // results never depend on when sweeps happen.
+        if let Some(conn) = self.live.get(&key)
+            && ts > conn.idle_deadline(cfg)
+            && let Some(conn) = self.live.remove(&key)
+        {
+            self.end_idle(conn, cfg, sink);
+        }
         match self.live.get_mut(&key) {
             Some(conn) => {
                 let side = conn.side_of(seg.src);
@@ -114,7 +129,7 @@ impl FlowTable {
                     conn.supersede(ts, packet, cfg, sink);
                     fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
                     let old = std::mem::replace(conn, fresh);
-                    self.superseded.push(old);
+                    self.ended.push(old);
                     id
                 } else {
                     conn.on_segment(seg, side, ts, packet, cfg, sink);
@@ -192,9 +207,54 @@ impl FlowTable {
                 }
             } else {
                 conn.evicted_at = Some(now);
-                self.superseded.push(conn);
+                self.ended.push(conn);
             }
         }
+    }
+
+    /// Every so often in packet time, ends the records past their idle deadline. The interval
+    /// is a fraction of the shortest timeout, so a record outlives its deadline by little.
+    fn sweep_if_due(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+        let due = *self.next_sweep.get_or_insert(now);
+        if now < due {
+            return;
+        }
+        let shortest = [
+            cfg.time_wait,
+            cfg.idle.handshake,
+            cfg.idle.closing,
+            cfg.idle.established,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or_default();
+        let interval = Dur(shortest.0 / 8).clamp(Dur::from_millis(1000), Dur::from_millis(10_000));
+        self.next_sweep = Some(now.plus(interval));
+        let idle: Vec<Connection> = self
+            .live
+            .extract_if(|_, c| now > c.idle_deadline(cfg))
+            .map(|(_, c)| c)
+            .collect();
+        for conn in idle {
+            self.end_idle(conn, cfg, sink);
+        }
+    }
+
+    /// Ends a record that has been silent past its deadline: over ones end normally (their
+    /// timers run out), others are marked expired with their states as they were.
+    fn end_idle(
+        &mut self,
+        mut conn: Connection,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) {
+        let deadline = conn.idle_deadline(cfg);
+        conn.advance_time(deadline, cfg, sink);
+        if !conn.is_over() {
+            conn.expired_at = Some(deadline);
+            self.counters.expired_idle += 1;
+        }
+        self.ended.push(conn);
     }
 
     /// Ends every record at `now` and returns all connections in id order.
@@ -204,7 +264,7 @@ impl FlowTable {
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
     ) -> Vec<Connection> {
-        let mut all = std::mem::take(&mut self.superseded);
+        let mut all = std::mem::take(&mut self.ended);
         for (_, mut conn) in self.live.drain() {
             conn.finish(now, cfg, sink);
             all.push(conn);

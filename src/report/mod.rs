@@ -63,6 +63,10 @@ pub fn write_counters(
         ),
         ("4-tuples reused by a new connection".into(), f.tuple_reuses),
         (
+            "  of them while one side was in TIME_WAIT".into(),
+            f.time_wait_reuses,
+        ),
+        (
             "connections evicted to stay within --max-conns".into(),
             f.evicted,
         ),
@@ -71,8 +75,8 @@ pub fn write_counters(
             f.evicted_half_open,
         ),
         (
-            "  of them while one side was in TIME_WAIT".into(),
-            f.time_wait_reuses,
+            "connections no longer tracked after an idle timeout".into(),
+            f.expired_idle,
         ),
         (
             "records longer than the snap length".into(),
@@ -143,6 +147,7 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
         "midstream_pickups": f.midstream_pickups,
         "evicted": f.evicted,
         "evicted_half_open": f.evicted_half_open,
+        "expired_idle": f.expired_idle,
         "tuple_reuses": f.tuple_reuses,
         "time_wait_reuses": f.time_wait_reuses,
         "caplen_over_snaplen": container.caplen_over_snaplen,
