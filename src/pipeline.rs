@@ -32,6 +32,26 @@ impl PacketCounters {
     }
 }
 
+/// The segments the model could not use, summed over all connections (including those
+/// already taken with `take_ended`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnomalyTotals {
+    pub rst_out_of_window: u64,
+    pub rst_in_window_not_exact: u64,
+    pub unexplained: u64,
+    pub after_close: u64,
+}
+
+impl AnomalyTotals {
+    fn add(&mut self, c: &Connection) {
+        let a = &c.anomalies;
+        self.rst_out_of_window += u64::from(a.rst_out_of_window);
+        self.rst_in_window_not_exact += u64::from(a.rst_in_window_not_exact);
+        self.unexplained += u64::from(a.unexplained);
+        self.after_close += u64::from(a.after_close);
+    }
+}
+
 /// Which connections to keep every packet of (`explain`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watch {
@@ -62,6 +82,8 @@ pub struct Engine {
     transitions: Option<Vec<Transition>>,
     watch: Option<Watch>,
     watched: Vec<SeenPacket>,
+    /// Anomalies of the records already taken by `take_ended`.
+    taken_anomalies: AnomalyTotals,
 }
 
 /// Everything a report needs once the input is done.
@@ -77,6 +99,8 @@ pub struct Outcome {
     pub watched: Vec<SeenPacket>,
     /// Half-open attempts evicted without a record (`--max-conns`), per server.
     pub evicted_attempts: Vec<(SockAddr, EvictedAttempts)>,
+    /// Over every connection of the run, including those taken before the end.
+    pub anomalies: AnomalyTotals,
 }
 
 impl Engine {
@@ -92,6 +116,7 @@ impl Engine {
             transitions: None,
             watch: None,
             watched: Vec::new(),
+            taken_anomalies: AnomalyTotals::default(),
         }
     }
 
@@ -137,7 +162,11 @@ impl Engine {
     /// Takes the connection records that have ended since the last call, in the order they
     /// ended; `finish` returns only the rest. Live reports stream these as they happen.
     pub fn take_ended(&mut self) -> Vec<Connection> {
-        self.table.take_ended()
+        let ended = self.table.take_ended();
+        for c in &ended {
+            self.taken_anomalies.add(c);
+        }
+        ended
     }
 
     /// Counters of the flow table so far.
@@ -228,6 +257,10 @@ impl Engine {
             Some(end) => self.table.finish(end, &self.cfg, &mut sink),
             None => Vec::new(),
         };
+        let mut anomalies = self.taken_anomalies;
+        for c in &connections {
+            anomalies.add(c);
+        }
         let mut transitions = transitions.unwrap_or_default();
         transitions.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
         Outcome {
@@ -239,6 +272,7 @@ impl Engine {
             transitions,
             watched: self.watched,
             evicted_attempts,
+            anomalies,
         }
     }
 }

@@ -160,23 +160,20 @@ impl FlowTable {
     /// recently (a batch, so a flood of new tuples costs amortised constant time per packet).
     /// Half-open attempts are dropped and counted per server; other records are kept as of now.
     fn evict_least_recent(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
-        // The batch-th oldest activity time is the cut-off; only times are copied to find it.
-        let mut ages: Vec<Ts> = self.live.values().map(|c| c.last).collect();
+        // The batch-th least recent (activity time, id) is the cut-off; only those pairs are
+        // copied to find it. The id breaks ties, so the same connections go in every run.
+        let mut ages: Vec<(Ts, u64)> = self.live.values().map(|c| (c.last, c.id)).collect();
         let batch = (ages.len() / 8).max(1);
         if ages.is_empty() {
             return;
         }
         let cutoff = *ages.select_nth_unstable(batch - 1).1;
-        let mut taken = 0;
-        let evicted: Vec<Connection> = self
+        let mut evicted: Vec<Connection> = self
             .live
-            .extract_if(|_, c| {
-                let take = taken < batch && c.last <= cutoff;
-                taken += usize::from(take);
-                take
-            })
+            .extract_if(|_, c| (c.last, c.id) <= cutoff)
             .map(|(_, c)| c)
             .collect();
+        evicted.sort_by_key(|c| (c.last, c.id));
         for mut conn in evicted {
             conn.advance_time(now, cfg, sink);
             self.counters.evicted += 1;
@@ -230,12 +227,15 @@ impl FlowTable {
         .unwrap_or_default();
         let interval = Dur(shortest.0 / 8).clamp(Dur::from_millis(1000), Dur::from_millis(10_000));
         self.next_sweep = Some(now.plus(interval));
-        let idle: Vec<Connection> = self
+        let mut idle: Vec<(Ts, Connection)> = self
             .live
             .extract_if(|_, c| now > c.idle_deadline(cfg))
-            .map(|(_, c)| c)
+            .map(|(_, c)| (c.idle_deadline(cfg), c))
             .collect();
-        for conn in idle {
+        // The table's order is a random hash order: end them in deadline order, so that every
+        // run over the same packets (live or from the file) ends them in the same order.
+        idle.sort_by_key(|(deadline, c)| (*deadline, c.id));
+        for (_, conn) in idle {
             self.end_idle(conn, cfg, sink);
         }
     }

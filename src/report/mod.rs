@@ -97,13 +97,13 @@ pub fn write_counters(
             p.undecodable[e.index()],
         ));
     }
-    let (mut oow, mut inw, mut unexplained, mut late) = (0u64, 0u64, 0u64, 0u64);
-    for c in &o.connections {
-        oow += u64::from(c.anomalies.rst_out_of_window);
-        inw += u64::from(c.anomalies.rst_in_window_not_exact);
-        unexplained += u64::from(c.anomalies.unexplained);
-        late += u64::from(c.anomalies.after_close);
-    }
+    let a = &o.anomalies;
+    let (oow, inw, unexplained, late) = (
+        a.rst_out_of_window,
+        a.rst_in_window_not_exact,
+        a.unexplained,
+        a.after_close,
+    );
     doubtful.push(("RSTs out of window (ignored)".into(), oow));
     doubtful.push((
         "RSTs in window but not exact (challenge ACK, ignored)".into(),
@@ -129,9 +129,6 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
     for e in DecodeError::ALL {
         undecodable.insert(e.key().into(), p.undecodable[e.index()].into());
     }
-    let sum = |g: fn(&crate::flow::Connection) -> u32| -> u64 {
-        o.connections.iter().map(|c| u64::from(g(c))).sum()
-    };
     serde_json::json!({
         "type": "counters",
         "packets": p.packets,
@@ -154,10 +151,10 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
         "pcapng_unknown_interface": container.unknown_interface,
         "pcapng_skipped_blocks": container.skipped_blocks,
         "undecodable": undecodable,
-        "rst_out_of_window": sum(|c| c.anomalies.rst_out_of_window),
-        "rst_in_window_not_exact": sum(|c| c.anomalies.rst_in_window_not_exact),
-        "unexplained_segments": sum(|c| c.anomalies.unexplained),
-        "packets_after_close": sum(|c| c.anomalies.after_close),
+        "rst_out_of_window": o.anomalies.rst_out_of_window,
+        "rst_in_window_not_exact": o.anomalies.rst_in_window_not_exact,
+        "unexplained_segments": o.anomalies.unexplained,
+        "packets_after_close": o.anomalies.after_close,
     })
 }
 
