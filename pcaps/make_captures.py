@@ -942,6 +942,34 @@ def fin_wait2_orphan_timeout(ctx):
     ctx.keep += [sa, sb, L]
 
 
+@scenario(5021, "A socket connected to itself (bind to a port, connect to that same address:port: a "
+                "simultaneous open with itself), sends 5 bytes it reads back, closes, and is in TIME_WAIT; "
+                "a second one stays ESTABLISHED. Every packet has the same source and destination.")
+def self_connect(ctx):
+    def self_connected(port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((H4, port))
+        s.connect((H4, port))
+        return s
+    a = self_connected(ctx.port)
+    aa = a.getsockname()
+    ctx.conn(aa, aa, "completed", "client")
+    a.sendall(b"hello")
+    recv_exact(a, 5)
+    time.sleep(0.05)
+    a.close()
+    time.sleep(0.1)
+    b = self_connected(ctx.port + 100)
+    bb = b.getsockname()
+    ctx.conn(bb, bb, "completed")
+    time.sleep(0.3)
+    ctx.snapshot()
+    ctx.expect(aa, aa, "TIME_WAIT")
+    ctx.expect(bb, bb, "ESTABLISHED")
+    ctx.keep += [b]
+
+
 MIXED_KINDS = [("client_first", 25), ("server_first", 20), ("close_wait", 15),
                ("linger_abort", 10), ("refused", 10), ("half_close", 20)]
 

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Ng, Rec, Run, json_lines, pcap_bytes, rec_at, tcp_frame, tcpstate_within};
+use common::{Ng, Rec, Run, json_lines, pcap_bytes, rec_at, tcp_frame, tcpstate, tcpstate_within};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -383,14 +383,17 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Builds the corpus file `name` (checking it against `tests/hostile/`) and runs `conns`.
-fn run_case(name: &str) -> Run {
-    let bytes = cases()
+fn case_bytes(name: &str) -> Vec<u8> {
+    cases()
         .into_iter()
         .find(|(n, _)| *n == name)
         .unwrap_or_else(|| panic!("no case {name}"))
-        .1;
-    conns(&corpus_file(name, &bytes))
+        .1
+}
+
+/// Builds the corpus file `name` (checking it against `tests/hostile/`) and runs `conns`.
+fn run_case(name: &str) -> Run {
+    conns(&corpus_file(name, &case_bytes(name)))
 }
 
 /// Exit 0, no error line, `tracked` TCP packets of `read`, and the good connection intact.
@@ -704,9 +707,9 @@ fn zero_ports() {
 
 #[test]
 fn same_address_and_port_on_both_ends() {
-    // A socket connected to itself: both ends are one 4-tuple side, so every packet counts as
-    // the client's. tcpstate keeps one record and does not pretend to know the states
-    // (Linux would show one ESTABLISHED socket); it must only not fail.
+    // A socket connected to itself: one socket, which sends each segment and receives it at
+    // once. Linux shows it ESTABLISHED after its SYN and SYN-ACK (see pcaps/self_connect for
+    // the real thing); `states` lists it once.
     let name = "same_address_both_ends.pcap";
     let run = run_case(name);
     let rows = assert_read_whole(&run, name, 11, 11);
@@ -714,6 +717,18 @@ fn same_address_and_port_on_both_ends() {
     assert_eq!(odd["server"], "10.0.0.5:7777");
     assert_eq!(odd["client_packets"], 3);
     assert_eq!(odd["server_packets"], 0);
+    assert_eq!(odd["client_state"], "ESTABLISHED");
+    assert_eq!(odd["server_state"], "ESTABLISHED");
+    assert_eq!(odd["handshake"], "completed");
+    let path = corpus_file(name, &case_bytes(name));
+    let states = tcpstate(&["states", "--format", "json", "-q", "-r", &path]);
+    let socket_rows: Vec<Value> = json_lines(&states.stdout)
+        .into_iter()
+        .filter(|r| r["local"] == "10.0.0.5:7777")
+        .collect();
+    assert_eq!(socket_rows.len(), 1, "{socket_rows:?}");
+    assert_eq!(socket_rows[0]["remote"], "10.0.0.5:7777");
+    assert_eq!(socket_rows[0]["state"], "ESTABLISHED");
 }
 
 // ---------------------------------------------------------------------------------------------

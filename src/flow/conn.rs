@@ -295,6 +295,8 @@ pub struct Connection {
     pub evicted_at: Option<Ts>,
     /// Tracking stopped here after an idle timeout: its states are as of this time.
     pub expired_at: Option<Ts>,
+    /// One socket connected to itself: the same address:port at both ends.
+    pub self_connected: bool,
 }
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
@@ -345,6 +347,7 @@ impl Connection {
             superseded_at: None,
             evicted_at: None,
             expired_at: None,
+            self_connected: seg.src == seg.dst,
         }
     }
 
@@ -497,7 +500,12 @@ impl Connection {
 
     /// Runs the timers up to `now`: TIME_WAIT expiry and handshake give-up.
     pub fn advance_time(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
-        for side in [Side::Client, Side::Server] {
+        let sides: &[Side] = if self.self_connected {
+            &[Side::Client]
+        } else {
+            &[Side::Client, Side::Server]
+        };
+        for &side in sides {
             let end = &self.ends[side.index()];
             if end.state == TimeWait {
                 let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
@@ -511,6 +519,9 @@ impl Connection {
             {
                 self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
             }
+        }
+        if self.self_connected {
+            self.mirror_self();
         }
     }
 
@@ -560,6 +571,10 @@ impl Connection {
         let s = from.index();
         let r = from.other().index();
         self.ends[s].packets += 1;
+        if self.self_connected {
+            self.on_self_segment(seg, ts, packet, sink);
+            return;
+        }
 
         if seg.has(flags::RST) {
             self.on_rst(seg, from, ts, packet, sink);
@@ -602,10 +617,20 @@ impl Connection {
             self.apply(from, Event::SentData, ts, packet, sink);
         }
 
-        // Sequence bookkeeping for the sender.
-        self.ends[s].window = seg.window;
+        self.note_sent_sequence(from, seg);
+
+        if seg.has(flags::FIN) {
+            self.on_fin(seg, from, ts, packet, sink);
+        }
+    }
+
+    /// Sequence bookkeeping for the sender: its window, next sequence number and bytes sent
+    /// (retransmissions and keepalive probes count once).
+    fn note_sent_sequence(&mut self, from: Side, seg: &Segment) {
+        let syn = seg.has(flags::SYN);
+        self.ends[from.index()].window = seg.window;
         if !syn {
-            let end = &mut self.ends[s];
+            let end = &mut self.ends[from.index()];
             let probe = !seg.has(flags::FIN)
                 && end
                     .snd_nxt
@@ -629,10 +654,91 @@ impl Connection {
                 }
             }
         }
+    }
 
-        if seg.has(flags::FIN) {
-            self.on_fin(seg, from, ts, packet, sink);
+    /// A socket connected to itself (the same address:port at both ends: Linux allows it, a
+    /// simultaneous open with itself). Each segment it sends it also receives at once, and
+    /// there is one socket: its state is the client end's, mirrored in the server end so
+    /// that both ends read alike; reports list it once.
+    fn on_self_segment(
+        &mut self,
+        seg: &Segment,
+        ts: Ts,
+        packet: u64,
+        sink: &mut TransitionSink<'_>,
+    ) {
+        let me = Side::Client;
+        if seg.has(flags::RST) {
+            if self.ends[0].state.has_socket() {
+                let sender_state = self.ends[0].state;
+                self.apply(me, Event::SentRst, ts, packet, sink);
+                self.reset = Some(ResetInfo {
+                    by: me,
+                    ts,
+                    sender_state,
+                    receiver_state: sender_state,
+                });
+            }
+            self.mirror_self();
+            return;
         }
+        let syn = seg.has(flags::SYN);
+        let ack = seg.has(flags::ACK);
+        if syn && !ack {
+            if self.ends[0].isn != Some(seg.seq) || self.ends[0].state == Closed {
+                note_syn_send(&mut self.ends[0], seg, ts);
+            }
+            // Its own SYN reaches it in SYN_SENT: SYN_RECV, as in a simultaneous open.
+            self.apply(me, Event::SentSyn, ts, packet, sink);
+            self.apply(me, Event::RecvSyn, ts, packet, sink);
+        } else if syn {
+            if self.synack_first.is_none() {
+                self.synack_first = Some(ts);
+            }
+            // It answers its own SYN, and that SYN-ACK acknowledges its SYN: ESTABLISHED.
+            self.apply(me, Event::SentSynAck, ts, packet, sink);
+            self.apply(me, Event::RecvSynAck, ts, packet, sink);
+        }
+        if !syn && seg.payload_len > 0 && self.ends[0].state == SynRecv {
+            self.apply(me, Event::SentData, ts, packet, sink);
+        }
+        self.note_sent_sequence(me, seg);
+        if seg.has(flags::FIN) {
+            let fin_seq = seg.seq.wrapping_add(seg.payload_len);
+            match self.ends[0].fin_seq {
+                Some(known) if known == fin_seq => self.ends[0].fin_retransmits += 1,
+                Some(_) => self.anomalies.unexplained += 1,
+                None => {
+                    self.ends[0].fin_seq = Some(fin_seq);
+                    self.ends[0].fin_time = Some(ts);
+                    // It closes (FIN_WAIT1) and its own FIN arrives before the ACK of it: CLOSING.
+                    self.apply(me, Event::SentFin, ts, packet, sink);
+                    self.apply(me, Event::RecvFin, ts, packet, sink);
+                }
+            }
+        } else if ack
+            && self.ends[0].state == Closing
+            && self.ends[0]
+                .fin_seq
+                .is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack))
+        {
+            self.apply(me, Event::RecvAckOfFin, ts, packet, sink);
+        }
+        if self.ends[0].state == Established && self.handshake_done.is_none() {
+            self.handshake_done = Some(ts);
+        }
+        self.mirror_self();
+    }
+
+    /// The server end of a self-connected socket reads as its client end.
+    /// (Its TIME_WAIT, packets and bytes stay with the client end, so they count once.)
+    fn mirror_self(&mut self) {
+        let one = &self.ends[0];
+        let (state, since, inferred) = (one.state, one.state_since, one.inferred);
+        let other = &mut self.ends[1];
+        other.state = state;
+        other.state_since = since;
+        other.inferred = inferred;
     }
 
     fn on_syn(

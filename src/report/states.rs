@@ -68,6 +68,7 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
         if let Some(first) = c.synack_first
             && !c.direction_guessed
             && !c.simultaneous_open
+            && !c.self_connected
         {
             let since = listeners.entry(c.end(Side::Server).addr).or_insert(first);
             *since = (*since).min(first);
@@ -88,7 +89,13 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
         }
     }
     for c in conns {
-        for side in [Side::Client, Side::Server] {
+        // A socket connected to itself is one socket: its client end.
+        let sides: &[Side] = if c.self_connected {
+            &[Side::Client]
+        } else {
+            &[Side::Client, Side::Server]
+        };
+        for &side in sides {
             let me = c.end(side);
             let peer = c.end(side.other());
             if me.state == TcpState::Listen {

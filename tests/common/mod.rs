@@ -358,7 +358,8 @@ macro_rules! test_each_capture {
             fin_wait2_orphan_timeout,
             mixed,
             zero_window_close,
-            bulk_download
+            bulk_download,
+            self_connect
         );
     };
     (@list $check:path; $($name:ident),* $(,)?) => {
