@@ -4,7 +4,7 @@
 use crate::capture::RawPacket;
 use crate::capture::filter::PacketFilter;
 use crate::decode::SockAddr;
-use crate::decode::{self, DecodeError, Decoded, LinkType, Segment};
+use crate::decode::{self, DecodeError, Decoded, LengthDoubt, LinkType, Segment};
 use crate::flow::conn::Transition;
 use crate::flow::{Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowKey, FlowTable};
 use crate::time::Ts;
@@ -24,6 +24,12 @@ pub struct PacketCounters {
     pub time_went_backwards: u64,
     /// Packets after the requested `--at` time (not processed).
     pub after_stop_time: u64,
+    /// Tracked packets whose IPv4 total length was below the header length (not 0): their
+    /// payload length was taken from the capture. (Counted, not skipped.)
+    pub ipv4_total_below_header: u64,
+    /// Tracked packets whose IP length field claims more than an uncut frame holds: their
+    /// payload length was taken from the field. (Counted, not skipped.)
+    pub ip_length_beyond_frame: u64,
 }
 
 impl PacketCounters {
@@ -205,7 +211,14 @@ impl Engine {
             self.counters.unsupported_link += 1;
             return;
         };
-        match decode::decode(link, pkt.data) {
+        let cut = (pkt.orig_len as usize) > pkt.data.len();
+        let (decoded, doubt) = decode::decode_checked(link, pkt.data, cut);
+        match doubt {
+            LengthDoubt::None => {}
+            LengthDoubt::Ipv4TotalBelowHeader => self.counters.ipv4_total_below_header += 1,
+            LengthDoubt::IpLengthBeyondFrame => self.counters.ip_length_beyond_frame += 1,
+        }
+        match decoded {
             Ok(Decoded::Tcp(seg)) => {
                 self.counters.tcp += 1;
                 let packet = self.counters.packets;

@@ -647,21 +647,37 @@ fn ipv4_header_length_below_20() {
 #[test]
 fn ipv4_total_length_below_the_header() {
     // Read like a total length of 0 (what segmentation offload leaves): the captured bytes
-    // give the lengths, and the segment is tracked.
+    // give the lengths, and the segment is tracked, with a counted warning.
     let name = "ipv4_total_length_below_header.pcap";
     let run = run_case(name);
     let rows = assert_read_whole(&run, name, 9, 9);
     assert_eq!(row_of(&rows, "10.0.0.3:12")["client_bytes"], 0);
+    assert_eq!(
+        counter(
+            &run.stderr,
+            "tracked, but IPv4 total length below the header length (capture length used)"
+        ),
+        1
+    );
 }
 
 #[test]
 fn ipv4_total_length_beyond_the_frame() {
-    // Read like a frame cut by the snap length: the IP header gives the payload length
+    // Read as a frame cut by the snap length would be: the IP header gives the payload length
     // (1500 - 40 = 1460 bytes, of which none were captured), and the segment is tracked.
     let name = "ipv4_total_length_beyond_frame.pcap";
     let run = run_case(name);
     let rows = assert_read_whole(&run, name, 9, 9);
     assert_eq!(row_of(&rows, "10.0.0.3:13")["client_state"], "SYN_SENT");
+    // The record says the frame was not cut (its captured length is its length on the wire),
+    // so the disagreement is counted.
+    assert_eq!(
+        counter(
+            &run.stderr,
+            "tracked, but IP length beyond an uncut frame (length field used)"
+        ),
+        1
+    );
 }
 
 #[test]

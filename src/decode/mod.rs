@@ -138,14 +138,53 @@ pub enum Decoded {
 
 const TCP: u8 = 6;
 
+/// An IP length field that disagrees with the frame. The segment is still used (the
+/// disagreement has innocent causes) but the packet is counted, since its payload length
+/// may be wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LengthDoubt {
+    #[default]
+    None,
+    /// IPv4 total length below the header length (and not 0, which segmentation offload
+    /// leaves): the captured length was used instead.
+    Ipv4TotalBelowHeader,
+    /// The IP length field claims more bytes than the frame holds although the snap length
+    /// did not cut it: the length field was used.
+    IpLengthBeyondFrame,
+}
+
 pub fn decode(link: LinkType, frame: &[u8]) -> Result<Decoded, DecodeError> {
-    match link::strip_link(link, frame)? {
-        link::LinkPayload::Ip(ip) => decode_ip(ip),
-        link::LinkPayload::NotIp => Ok(Decoded::NotIp),
+    decode_checked(link, frame, true).0
+}
+
+/// Decodes a frame and says whether its IP length fields disagree with it. `cut`: the snap
+/// length shortened the frame, so a longer IP length is expected.
+pub fn decode_checked(
+    link: LinkType,
+    frame: &[u8],
+    cut: bool,
+) -> (Result<Decoded, DecodeError>, LengthDoubt) {
+    match link::strip_link(link, frame) {
+        Ok(link::LinkPayload::Ip(ip)) => decode_ip_checked(ip, cut),
+        Ok(link::LinkPayload::NotIp) => (Ok(Decoded::NotIp), LengthDoubt::None),
+        Err(e) => (Err(e), LengthDoubt::None),
     }
 }
 
 pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
+    decode_ip_checked(ip, true).0
+}
+
+fn decode_ip_checked(ip: &[u8], cut: bool) -> (Result<Decoded, DecodeError>, LengthDoubt) {
+    let mut doubt = LengthDoubt::None;
+    let result = decode_ip_inner(ip, cut, &mut doubt);
+    if !matches!(result, Ok(Decoded::Tcp(_))) {
+        doubt = LengthDoubt::None;
+    }
+    (result, doubt)
+}
+
+fn decode_ip_inner(ip: &[u8], cut: bool, doubt: &mut LengthDoubt) -> Result<Decoded, DecodeError> {
     use etherparse::err::ip::{HeaderError, LaxHeaderSliceError};
     let (sliced, ext_error) = LaxIpSlice::from_slice(ip).map_err(|e| match e {
         LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIpHeader,
@@ -166,6 +205,11 @@ pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
             let total = u32::from(h.total_len());
             // total_len 0 is what segmentation offload leaves; then only the capture tells.
             let from_header = (total >= header_len && total != 0).then(|| total - header_len);
+            if total != 0 && total < header_len {
+                *doubt = LengthDoubt::Ipv4TotalBelowHeader;
+            } else if !cut && total as usize > ip.len() {
+                *doubt = LengthDoubt::IpLengthBeyondFrame;
+            }
             (
                 IpAddr::V4(Ipv4Addr::from(h.source())),
                 IpAddr::V4(Ipv4Addr::from(h.destination())),
@@ -183,6 +227,9 @@ pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
             let declared = u32::from(h.payload_length());
             let ext_len = v6.extensions().slice().len() as u32;
             let from_header = (declared != 0 && declared >= ext_len).then(|| declared - ext_len);
+            if !cut && declared as usize + 40 > ip.len() {
+                *doubt = LengthDoubt::IpLengthBeyondFrame;
+            }
             (
                 IpAddr::V6(Ipv6Addr::from(h.source())),
                 IpAddr::V6(Ipv6Addr::from(h.destination())),

@@ -54,6 +54,14 @@ pub fn write_counters(
             p.time_went_backwards,
         ),
         (
+            "tracked, but IPv4 total length below the header length (capture length used)".into(),
+            p.ipv4_total_below_header,
+        ),
+        (
+            "tracked, but IP length beyond an uncut frame (length field used)".into(),
+            p.ip_length_beyond_frame,
+        ),
+        (
             "after the --at time (not applied)".into(),
             p.after_stop_time,
         ),
@@ -141,6 +149,8 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
         "unsupported_link": p.unsupported_link,
         "time_went_backwards": p.time_went_backwards,
         "after_stop_time": p.after_stop_time,
+        "ipv4_total_below_header": p.ipv4_total_below_header,
+        "ip_length_beyond_frame": p.ip_length_beyond_frame,
         "midstream_pickups": f.midstream_pickups,
         "evicted": f.evicted,
         "evicted_half_open": f.evicted_half_open,
