@@ -380,6 +380,30 @@ fn an_unanswered_syn_gives_up_and_ends() {
 }
 
 #[test]
+fn state_at_runs_the_timers_without_changing_the_record() {
+    let mut d = established();
+    d.c(FIN | ACK).s(FIN | ACK).c(ACK);
+    let last = d.now;
+    let cfg = d.cfg;
+    let conn = d.table.live().next().expect("tracked");
+    let tw_start = conn
+        .end(Side::Client)
+        .time_wait
+        .expect("in TIME_WAIT")
+        .start;
+    let at = |ms| conn.state_at(Side::Client, tw_start.plus(Dur::from_millis(ms)), &cfg);
+    assert_eq!(at(0), TimeWait);
+    assert_eq!(at(59_999), TimeWait);
+    assert_eq!(at(60_000), Closed);
+    assert_eq!(
+        conn.end(Side::Client).state,
+        TimeWait,
+        "the record is unchanged"
+    );
+    assert_eq!(conn.state_at(Side::Server, last, &cfg), Closed);
+}
+
+#[test]
 fn late_packets_after_close_make_no_phantom_connection() {
     let mut d = established();
     d.c(FIN | ACK).s(FIN | ACK).c(ACK);

@@ -525,6 +525,33 @@ impl Connection {
         }
     }
 
+    /// The state `side` would be in at `now` (not before its last packet) if no packet came
+    /// meanwhile: the timers of `advance_time` applied without changing the record.
+    pub fn state_at(&self, side: Side, now: Ts, cfg: &EngineConfig) -> TcpState {
+        let side = if self.self_connected {
+            Side::Client
+        } else {
+            side
+        };
+        let end = &self.ends[side.index()];
+        match end.state {
+            TimeWait => {
+                let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
+                if now >= start.plus(cfg.time_wait) {
+                    Closed
+                } else {
+                    TimeWait
+                }
+            }
+            SynSent | SynRecv
+                if handshake_give_up_time(end).is_some_and(|gave_up| now >= gave_up) =>
+            {
+                Closed
+            }
+            state => state,
+        }
+    }
+
     /// Ends the record at the end of the capture: timers run to `now`, open TIME_WAITs are
     /// marked as cut short.
     pub fn finish(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {

@@ -172,3 +172,72 @@ pub fn state_counts(rows: &[SocketRow]) -> Vec<(&'static str, usize)> {
     }
     counts
 }
+
+/// The sockets of the tracked connections per state at one moment: one line of
+/// `states --interval`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct IntervalCounts {
+    /// Epoch seconds of the moment counted.
+    pub time: f64,
+    /// Sockets counted (endpoints with a socket: not CLOSED, not LISTEN).
+    pub sockets: u64,
+    /// Per state, in netstat's order, only states with sockets.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Connections tracked at that moment.
+    pub connections: u64,
+}
+
+/// Counts the sockets of `conns` per state as of `now`, with the timers run to `now`.
+pub fn interval_counts<'a>(
+    conns: impl Iterator<Item = &'a Connection>,
+    now: Ts,
+    cfg: &crate::flow::EngineConfig,
+) -> IntervalCounts {
+    let mut per_state = [0u64; TcpState::ALL.len()];
+    let mut connections = 0;
+    for c in conns {
+        connections += 1;
+        let sides: &[Side] = if c.self_connected {
+            &[Side::Client]
+        } else {
+            &[Side::Client, Side::Server]
+        };
+        for &side in sides {
+            let state = c.state_at(side, now, cfg);
+            if state.has_socket()
+                && let Some(i) = TcpState::ALL.iter().position(|s| *s == state)
+            {
+                per_state[i] += 1;
+            }
+        }
+    }
+    let counts: BTreeMap<&'static str, u64> = TcpState::ALL
+        .iter()
+        .zip(per_state)
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.name(), n))
+        .collect();
+    IntervalCounts {
+        time: secs(now),
+        sockets: per_state.iter().sum(),
+        counts,
+        connections,
+    }
+}
+
+/// One line per interval: the time (UTC, as RFC 3339), then `STATE count` pairs in
+/// netstat's order, so `awk` and `grep` can read it.
+pub fn write_interval_text(out: &mut dyn Write, c: &IntervalCounts) -> io::Result<()> {
+    write!(
+        out,
+        "{}  sockets {}",
+        crate::time::rfc3339(c.time),
+        c.sockets
+    )?;
+    for state in TcpState::ALL {
+        if let Some(n) = c.counts.get(state.name()) {
+            write!(out, "  {} {n}", state.name())?;
+        }
+    }
+    writeln!(out)
+}
