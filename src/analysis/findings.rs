@@ -255,8 +255,8 @@ fn unanswered_syns(conns: &[Connection], out: &mut Vec<Finding>) {
             let client = c.end(Side::Client);
             ev.add(c.id, client.addr, c.start, c.last);
             syns += u64::from(client.syn_count);
-            if client.syn_times.len() > longest.len() {
-                longest = &client.syn_times;
+            if client.syn_times().len() > longest.len() {
+                longest = client.syn_times();
             }
             match client.state {
                 TcpState::SynSent => trying += 1,

@@ -172,7 +172,10 @@ pub struct Endpoint {
     pub synack_count: u32,
     /// Times of its SYN (or SYN-ACK) sends, kept only once it retransmitted (at most
     /// `SYN_TIMES_KEPT`): the retransmission spacing diagnoses read.
-    pub syn_times: Vec<Ts>,
+    /// Boxed so that every record carries one pointer, not a whole Vec, for the few that
+    /// retransmit.
+    #[allow(clippy::box_collection)]
+    syn_times: Option<Box<Vec<Ts>>>,
     pub fin_retransmits: u32,
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
@@ -200,13 +203,18 @@ impl Endpoint {
             syn_prev: None,
             syn_count: 0,
             synack_count: 0,
-            syn_times: Vec::new(),
+            syn_times: None,
             fin_retransmits: 0,
             packets: 0,
             bytes: 0,
             time_wait: None,
             inferred: false,
         }
+    }
+
+    /// Times of its SYN (or SYN-ACK) sends, once it retransmitted (at most `SYN_TIMES_KEPT`).
+    pub fn syn_times(&self) -> &[Ts] {
+        self.syn_times.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Retransmissions of its bare SYN.
@@ -349,6 +357,11 @@ impl Connection {
             expired_at: None,
             self_connected: seg.src == seg.dst,
         }
+    }
+
+    /// Its 4-tuple, as the flow table files it.
+    pub fn key(&self) -> crate::flow::FlowKey {
+        crate::flow::FlowKey::new(self.ends[0].addr, self.ends[1].addr)
     }
 
     pub fn side_of(&self, addr: SockAddr) -> Side {
@@ -974,12 +987,12 @@ fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
         end.syn_count += 1;
     }
     let first = *end.syn_first.get_or_insert(ts);
-    if end.syn_count + end.synack_count >= 2 && end.syn_times.len() < SYN_TIMES_KEPT {
+    if end.syn_count + end.synack_count >= 2 {
         // Allocate only for the few connections that retransmit.
-        if end.syn_times.is_empty() {
-            end.syn_times.push(first);
+        let times = end.syn_times.get_or_insert_with(|| Box::new(vec![first]));
+        if times.len() < SYN_TIMES_KEPT {
+            times.push(ts);
         }
-        end.syn_times.push(ts);
     }
     end.syn_prev = end.syn_last;
     end.syn_last = Some(ts);

@@ -3,7 +3,9 @@
 
 pub mod conn;
 
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::decode::{Segment, SockAddr, flags};
 use crate::tcp::TcpState;
@@ -53,7 +55,11 @@ const FLOOD_SERVERS_KEPT: usize = 4096;
 
 #[derive(Default)]
 pub struct FlowTable {
-    live: HashMap<FlowKey, Connection>,
+    /// The live records, found by the hash of their 4-tuple. The key is not stored: each
+    /// record holds its two addresses, and a slot is one record, not a key and a record.
+    /// foldhash with a random seed: fast, and keys an attacker chooses do not collide at will.
+    live: HashTable<Connection>,
+    hasher: DefaultHashBuilder,
     /// Records that have ended (superseded by a reuse of their 4-tuple, over for 2MSL,
     /// expired or evicted), in the order they ended, until someone takes them.
     ended: Vec<Connection>,
@@ -83,7 +89,7 @@ impl FlowTable {
 
     /// The connections being tracked now, in no particular order.
     pub fn live(&self) -> impl Iterator<Item = &Connection> {
-        self.live.values()
+        self.live.iter()
     }
 
     /// Takes the records that have ended since the last call (superseded by a new connection
@@ -103,57 +109,69 @@ impl FlowTable {
     ) -> u64 {
         let key = FlowKey::new(seg.src, seg.dst);
         self.sweep_if_due(ts, cfg, sink);
+        let hash = self.hasher.hash_one(key);
+        let entry = match self.live.find_entry(hash, |c| c.key() == key) {
+            Ok(entry) => entry,
+            Err(_) => return self.insert_new(hash, seg, ts, packet, cfg, sink),
+        };
         // A record past its deadline ends now, whether or not a sweep has come by, so that
         // results never depend on when sweeps happen.
-        if let Some(conn) = self.live.get(&key)
-            && ts > conn.idle_deadline(cfg)
-            && let Some(conn) = self.live.remove(&key)
-        {
+        if ts > entry.get().idle_deadline(cfg) {
+            let (conn, _) = entry.remove();
             self.end_idle(conn, cfg, sink);
+            return self.insert_new(hash, seg, ts, packet, cfg, sink);
         }
-        match self.live.get_mut(&key) {
-            Some(conn) => {
-                let side = conn.side_of(seg.src);
-                if starts_new_connection(conn, seg, side, ts, cfg) {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.counters.connections += 1;
-                    self.counters.tuple_reuses += 1;
-                    if conn.ends.iter().any(|e| e.state == TcpState::TimeWait) {
-                        self.counters.time_wait_reuses += 1;
-                    }
-                    let mut fresh = Connection::new(id, seg, ts);
-                    if fresh.partial {
-                        self.counters.midstream_pickups += 1;
-                    }
-                    conn.supersede(ts, packet, cfg, sink);
-                    fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
-                    let old = std::mem::replace(conn, fresh);
-                    self.ended.push(old);
-                    id
-                } else {
-                    conn.on_segment(seg, side, ts, packet, cfg, sink);
-                    conn.id
-                }
-            }
-            None => {
-                if let Some(max) = cfg.max_conns
-                    && self.live.len() >= max.max(1)
-                {
-                    self.evict_least_recent(ts, cfg, sink);
-                }
-                let id = self.next_id;
-                self.next_id += 1;
-                self.counters.connections += 1;
-                let mut conn = Connection::new(id, seg, ts);
-                if conn.partial {
-                    self.counters.midstream_pickups += 1;
-                }
-                conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
-                self.live.insert(key, conn);
-                id
-            }
+        let conn = entry.into_mut();
+        let side = conn.side_of(seg.src);
+        if !starts_new_connection(conn, seg, side, ts, cfg) {
+            conn.on_segment(seg, side, ts, packet, cfg, sink);
+            return conn.id;
         }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.counters.connections += 1;
+        self.counters.tuple_reuses += 1;
+        if conn.ends.iter().any(|e| e.state == TcpState::TimeWait) {
+            self.counters.time_wait_reuses += 1;
+        }
+        let mut fresh = Connection::new(id, seg, ts);
+        if fresh.partial {
+            self.counters.midstream_pickups += 1;
+        }
+        conn.supersede(ts, packet, cfg, sink);
+        fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
+        let old = std::mem::replace(conn, fresh);
+        self.ended.push(old);
+        id
+    }
+
+    /// A record for a 4-tuple with none, after making room under `--max-conns`.
+    fn insert_new(
+        &mut self,
+        hash: u64,
+        seg: &Segment,
+        ts: Ts,
+        packet: u64,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) -> u64 {
+        if let Some(max) = cfg.max_conns
+            && self.live.len() >= max.max(1)
+        {
+            self.evict_least_recent(ts, cfg, sink);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.counters.connections += 1;
+        let mut conn = Connection::new(id, seg, ts);
+        if conn.partial {
+            self.counters.midstream_pickups += 1;
+        }
+        conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
+        let hasher = &self.hasher;
+        self.live
+            .insert_unique(hash, conn, |c| hasher.hash_one(c.key()));
+        id
     }
 
     /// Makes room under `--max-conns`: evicts the eighth of the table that was active least
@@ -162,17 +180,14 @@ impl FlowTable {
     fn evict_least_recent(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
         // The batch-th least recent (activity time, id) is the cut-off; only those pairs are
         // copied to find it. The id breaks ties, so the same connections go in every run.
-        let mut ages: Vec<(Ts, u64)> = self.live.values().map(|c| (c.last, c.id)).collect();
+        let mut ages: Vec<(Ts, u64)> = self.live.iter().map(|c| (c.last, c.id)).collect();
         let batch = (ages.len() / 8).max(1);
         if ages.is_empty() {
             return;
         }
         let cutoff = *ages.select_nth_unstable(batch - 1).1;
-        let mut evicted: Vec<Connection> = self
-            .live
-            .extract_if(|_, c| (c.last, c.id) <= cutoff)
-            .map(|(_, c)| c)
-            .collect();
+        let mut evicted: Vec<Connection> =
+            self.live.extract_if(|c| (c.last, c.id) <= cutoff).collect();
         evicted.sort_by_key(|c| (c.last, c.id));
         for mut conn in evicted {
             conn.advance_time(now, cfg, sink);
@@ -229,8 +244,8 @@ impl FlowTable {
         self.next_sweep = Some(now.plus(interval));
         let mut idle: Vec<(Ts, Connection)> = self
             .live
-            .extract_if(|_, c| now > c.idle_deadline(cfg))
-            .map(|(_, c)| (c.idle_deadline(cfg), c))
+            .extract_if(|c| now > c.idle_deadline(cfg))
+            .map(|c| (c.idle_deadline(cfg), c))
             .collect();
         // The table's order is a random hash order: end them in deadline order, so that every
         // run over the same packets (live or from the file) ends them in the same order.
@@ -265,7 +280,7 @@ impl FlowTable {
         sink: &mut TransitionSink<'_>,
     ) -> Vec<Connection> {
         let mut all = std::mem::take(&mut self.ended);
-        for (_, mut conn) in self.live.drain() {
+        for mut conn in self.live.drain() {
             conn.finish(now, cfg, sink);
             all.push(conn);
         }
