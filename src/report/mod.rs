@@ -6,6 +6,7 @@ pub mod events;
 pub mod explain;
 pub mod packet;
 pub mod states;
+pub mod top;
 
 use std::io::{self, Write};
 
