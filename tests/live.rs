@@ -501,6 +501,51 @@ fn a_signal_ends_an_idle_capture_at_once_with_the_report_and_status_0() {
 }
 
 #[test]
+fn drops_are_counted_and_warned_about_and_the_report_still_comes() {
+    let ns = Netns::new();
+    // A small kernel buffer, and tcpstate stopped while 3000 refused connections (a SYN and
+    // a RST each) go by: the buffer overflows, whatever the machine's speed.
+    let live = LiveTcpstate::start(&ns, &["summary", "-i", "lo", "-B", "64"]);
+    let pid = Pid::from_raw(live.child.0.id() as i32).expect("a child's pid is positive");
+    kill_process(pid, Signal::STOP).expect("SIGSTOP");
+    let stat = format!("/proc/{}/stat", live.child.0.id());
+    let deadline = Instant::now() + STOP_LIMIT;
+    // Field 3 of /proc/PID/stat is the state: T once stopped.
+    while !std::fs::read_to_string(&stat).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    }) {
+        assert!(Instant::now() < deadline, "tcpstate did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let driver = Driver::run(&ns, &["refused", "3000", "7009"]);
+    kill_process(pid, Signal::CONT).expect("SIGCONT");
+    let stopped = live.stop(Signal::INT);
+    driver.finish();
+    assert_eq!(stopped.status.code(), Some(0), "{}", stopped.stderr);
+    assert!(
+        stopped.stdout.starts_with("connections: "),
+        "{}",
+        stopped.stdout
+    );
+    let dropped: u64 = stopped
+        .stderr
+        .lines()
+        .find(|l| l.ends_with("packets dropped by the kernel (buffer full)"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("the kernel drop count");
+    assert!(dropped > 0, "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains(&format!(
+            "tcpstate: warning: {dropped} packets were dropped before tcpstate saw them (kernel {dropped}, interface 0): states may be wrong for the connections they belonged to"
+        )),
+        "{}",
+        stopped.stderr
+    );
+}
+
+#[test]
 fn unknown_interface_is_one_line_listing_the_interfaces_and_status_1() {
     let ns = Netns::new();
     let out = ns.output(BIN, &["states", "-i", "nosuch0"]);

@@ -10,6 +10,9 @@ expects (JSON). The sockets left open stay open until standard input closes: the
 its own `ss` snapshot and stops tcpstate first.
 
 `filtered PORT_IN PORT_OUT`: one connection closed by the client on each port, then `ready`.
+
+`refused COUNT PORT`: COUNT connections refused by the closed PORT (a SYN and a RST each),
+then `ready`.
 """
 
 import json
@@ -156,9 +159,23 @@ def filtered(port_in, port_out):
     return [], []
 
 
+def refused(count, port):
+    for _ in range(count):
+        r = socket.socket()
+        try:
+            r.connect(("127.0.0.1", port))
+            sys.exit("connection to a closed port was accepted")
+        except ConnectionRefusedError:
+            pass
+        r.close()
+    return [], []
+
+
 def main():
     if sys.argv[1] == "lifecycles":
         keep, expect = lifecycles()
+    elif sys.argv[1] == "refused":
+        keep, expect = refused(int(sys.argv[2]), int(sys.argv[3]))
     else:
         keep, expect = filtered(int(sys.argv[2]), int(sys.argv[3]))
     print("ready " + json.dumps(expect), flush=True)
