@@ -1,14 +1,17 @@
 //! Command-line interface: argument parsing, running a command, exit codes.
 
-use std::io::{self, BufWriter, Write};
+use std::cell::RefCell;
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::analysis::findings::{self, DiagnoseConfig};
 use crate::analysis::{summarize, summary};
 use crate::capture::filter::PacketFilter;
-use crate::capture::{ContainerCounters, file};
+use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStats};
+use crate::capture::{ContainerCounters, PacketFn, file};
 use crate::decode::SockAddr;
 use crate::flow::{EngineConfig, FlowKey};
 use crate::pipeline::{Engine, Outcome, Watch};
@@ -21,7 +24,8 @@ pub mod exit {
     /// Everything read and reported.
     pub const OK: i32 = 0;
     /// An input could not be read to its end (not a capture, truncated, corrupt, unsupported
-    /// link type, cannot open): what was read before the fault is still reported.
+    /// link type, cannot open), or live capture could not start or failed (unknown interface,
+    /// no privilege): what was read before the fault is still reported.
     pub const INPUT_ERROR: i32 = 1;
     /// Bad command line (unknown option, invalid filter or time).
     pub const USAGE: i32 = 2;
@@ -29,13 +33,23 @@ pub mod exit {
     pub const NOT_FOUND: i32 = 3;
 }
 
-const EXIT_CODES_HELP: &str = "Exit status: 0 all input read and reported; 1 an input could not be read to its end (what was read before the fault is still reported); 2 bad command line; 3 `explain` found no such connection.";
+const EXIT_CODES_HELP: &str = "Exit status: 0 all input read and reported (live: stopped by Ctrl-C or SIGTERM); 1 an input could not be read to its end, or live capture could not start or failed (what was read before the fault is still reported); 2 bad command line; 3 `explain` found no such connection.";
 
 #[derive(Parser, Debug)]
-#[command(name = "tcpstate", version, about = "netstat for a capture: follows every TCP connection in packet captures and tells what state each side is in, and why.", after_help = EXIT_CODES_HELP)]
+#[command(
+    name = "tcpstate",
+    version,
+    about = "netstat for a capture: follows every TCP connection in packet captures (or live on an interface) and tells what state each side is in, and why.",
+    after_help = EXIT_CODES_HELP,
+    arg_required_else_help = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// List the interfaces `-i` can capture on (as `tcpdump -D`), then exit.
+    #[arg(short = 'D', long = "list-interfaces")]
+    pub list_interfaces: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,10 +71,44 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
+#[group(skip)]
+#[command(group(ArgGroup::new("source").required(true).args(["files", "interface"])))]
 pub struct InputArgs {
     /// Capture file (pcap or pcapng); repeat for rotated files, read in order as one capture; `-` is standard input.
-    #[arg(short = 'r', long = "read", value_name = "FILE", required = true)]
+    #[arg(short = 'r', long = "read", value_name = "FILE")]
     pub files: Vec<String>,
+    /// Capture live on this interface (`any` for all; a number from `tcpstate -D`) until
+    /// Ctrl-C or SIGTERM, then report. Needs root or CAP_NET_RAW and CAP_NET_ADMIN.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// Live: don't put the interface into promiscuous mode.
+    #[arg(short = 'p', long = "no-promiscuous-mode", conflicts_with = "files")]
+    pub no_promiscuous: bool,
+    /// Live: bytes kept of each packet [default: 256, headers only; 0 = 262144].
+    #[arg(
+        short = 's',
+        long = "snapshot-length",
+        value_name = "BYTES",
+        conflicts_with = "files"
+    )]
+    pub snaplen: Option<u32>,
+    /// Live: the kernel capture buffer in KiB [default: 32768].
+    #[arg(
+        short = 'B',
+        long = "buffer-size",
+        value_name = "KIB",
+        conflicts_with = "files"
+    )]
+    pub buffer_kib: Option<u32>,
+    /// Live: also write every captured packet to this pcap file, to run the same command on
+    /// it later with `-r` (the filter applies: only matching packets are captured).
+    #[arg(
+        short = 'w',
+        long = "write",
+        value_name = "FILE",
+        conflicts_with = "files"
+    )]
+    pub write_to: Option<PathBuf>,
     /// TIME_WAIT length in seconds (2MSL; Linux: 60).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub time_wait: f64,
@@ -71,7 +119,7 @@ pub struct InputArgs {
     /// Don't print the packet counters on standard error.
     #[arg(short, long)]
     pub quiet: bool,
-    /// A tcpdump filter expression, e.g. `port 443`.
+    /// A tcpdump filter expression, e.g. `port 443` (live: set in the kernel).
     #[arg(
         value_name = "FILTER",
         trailing_var_arg = true,
@@ -243,14 +291,178 @@ fn usage(message: String) -> Failure {
     }
 }
 
-/// Runs the engine over the inputs. Returns the outcome and, if reading stopped early, why.
+/// The filter the engine runs on each packet: for files only, since a live capture has its
+/// filter set in the kernel.
 fn compile_filter(input: &InputArgs) -> Result<Option<PacketFilter>, Failure> {
-    if input.filter.is_empty() {
+    if input.filter.is_empty() || input.interface.is_some() {
         Ok(None)
     } else {
         PacketFilter::new(&input.filter.join(" "))
             .map(Some)
             .map_err(usage)
+    }
+}
+
+/// Where the packets come from.
+enum Source<'a> {
+    Files(&'a [String]),
+    Live(LiveOptions),
+}
+
+impl InputArgs {
+    fn source(&self) -> Source<'_> {
+        let Some(interface) = &self.interface else {
+            return Source::Files(&self.files);
+        };
+        let mut opts = LiveOptions::new(interface);
+        opts.promiscuous = !self.no_promiscuous;
+        if let Some(snaplen) = self.snaplen {
+            opts.snaplen = snaplen;
+        }
+        if let Some(kib) = self.buffer_kib {
+            opts.buffer_bytes = kib.saturating_mul(1024);
+        }
+        opts.filter = (!self.filter.is_empty()).then(|| self.filter.join(" "));
+        opts.write_to = self.write_to.clone();
+        Source::Live(opts)
+    }
+}
+
+/// What reading a source leaves besides the packets.
+struct SourceEnd {
+    container: ContainerCounters,
+    /// libpcap's counts, for a live capture.
+    live: Option<LiveStats>,
+    /// Why reading stopped early, if it did.
+    fault: Option<String>,
+}
+
+/// Numbers for the live status line that only the consumer of the packets knows:
+/// connections seen and connections open now.
+type StatusNumbers<'a> = dyn Fn() -> Option<(u64, usize)> + 'a;
+
+/// Reads every packet of the input (files in order, or a live capture until Ctrl-C or
+/// SIGTERM) and hands each to `on_packet`.
+fn read_source(
+    input: &InputArgs,
+    on_packet: &mut PacketFn<'_>,
+    status_numbers: &StatusNumbers<'_>,
+) -> Result<SourceEnd, Failure> {
+    let mut container = ContainerCounters::default();
+    match input.source() {
+        Source::Files(files) => {
+            let result = file::read_files(files, &mut container, on_packet);
+            Ok(SourceEnd {
+                container,
+                live: None,
+                fault: result.err().map(|e| e.to_string()),
+            })
+        }
+        Source::Live(opts) => {
+            let (stats, fault) = capture_live(&opts, input.quiet, on_packet, status_numbers)?;
+            Ok(SourceEnd {
+                container,
+                live: Some(stats),
+                fault,
+            })
+        }
+    }
+}
+
+fn input_error(message: String) -> Failure {
+    Failure {
+        status: exit::INPUT_ERROR,
+        message,
+    }
+}
+
+/// Opens the interface, sets the filter in the kernel and reads until a stop. A fault
+/// after the start ends reading like a fault in a file: what was read is still reported.
+fn capture_live(
+    opts: &LiveOptions,
+    quiet: bool,
+    on_packet: &mut PacketFn<'_>,
+    status_numbers: &StatusNumbers<'_>,
+) -> Result<(LiveStats, Option<String>), Failure> {
+    // A typo in the filter is a usage error even without the privilege to capture.
+    if let Some(expression) = &opts.filter {
+        PacketFilter::new(expression).map_err(usage)?;
+    }
+    let control = LiveControl::new();
+    control
+        .stop_on_signals()
+        .map_err(|e| input_error(format!("cannot handle SIGINT and SIGTERM: {e}")))?;
+    let mut capture = LiveCapture::open(opts).map_err(|e| input_error(e.to_string()))?;
+    if let Some(expression) = &opts.filter {
+        capture.set_filter(expression).map_err(usage)?;
+    }
+    if !quiet {
+        eprintln!("tcpstate: {}", capture.describe());
+    }
+    let mut status = StatusLine::new(quiet);
+    let result = capture.run(&control, on_packet, &mut |stats| {
+        status.update(stats, status_numbers())
+    });
+    status.clear();
+    Ok(match result {
+        Ok(stats) => (stats, None),
+        Err(e) => (capture.stats(), Some(e.to_string())),
+    })
+}
+
+/// While capturing: on a terminal, one status line on stderr rewritten each second; when
+/// stderr is not a terminal, a line each time more packets have been dropped.
+struct StatusLine {
+    quiet: bool,
+    terminal: bool,
+    shown: bool,
+    drops_reported: u64,
+}
+
+impl StatusLine {
+    fn new(quiet: bool) -> StatusLine {
+        StatusLine {
+            quiet,
+            terminal: io::stderr().is_terminal(),
+            shown: false,
+            drops_reported: 0,
+        }
+    }
+
+    fn update(&mut self, stats: &LiveStats, numbers: Option<(u64, usize)>) {
+        if self.quiet {
+            return;
+        }
+        let mut err = io::stderr().lock();
+        if self.terminal {
+            let conns = numbers
+                .map(|(seen, open)| format!(", {seen} connections, {open} open"))
+                .unwrap_or_default();
+            let _ = write!(
+                err,
+                "\r\x1b[Ktcpstate: {} packets{conns}, {} dropped",
+                stats.captured,
+                stats.dropped()
+            );
+            let _ = err.flush();
+            self.shown = true;
+        } else if stats.dropped() > self.drops_reported {
+            let _ = writeln!(
+                err,
+                "tcpstate: warning: {} packets dropped so far (kernel {}, interface {})",
+                stats.dropped(),
+                stats.dropped_by_kernel,
+                stats.dropped_by_interface
+            );
+            self.drops_reported = stats.dropped();
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let _ = write!(io::stderr().lock(), "\r\x1b[K");
+            self.shown = false;
+        }
     }
 }
 
@@ -263,10 +475,9 @@ struct Keep<'a> {
     watch: Option<Watch>,
 }
 
-fn run_engine(
-    input: &InputArgs,
-    keep: Keep<'_>,
-) -> Result<(Outcome, ContainerCounters, Option<String>), Failure> {
+/// Runs the engine over the input. Returns the outcome and what reading left (counters, and
+/// if it stopped early, why).
+fn run_engine(input: &InputArgs, keep: Keep<'_>) -> Result<(Outcome, SourceEnd), Failure> {
     let stop_at = keep.stop_at;
     if !(input.time_wait.is_finite() && input.time_wait >= 0.0) {
         return Err(usage(format!(
@@ -294,23 +505,35 @@ fn run_engine(
         // Validate the number now; resolve against the first packet below.
         parse_time_arg(rel, Some(Ts(0))).map_err(usage)?;
     }
-    let mut engine = Engine::new(cfg)
-        .with_filter(filter)
-        .stop_after(stop)
-        .record_transitions(keep.transitions)
-        .watch(keep.watch);
-    let mut container = ContainerCounters::default();
-    let result = file::read_files(&input.files, &mut container, &mut |pkt| {
-        if let Some(rel) = relative.take()
-            && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
-        {
-            engine.set_stop_after(at);
-        }
-        engine.process(pkt);
-        ControlFlow::Continue(())
-    });
-    let fault = result.err().map(|e| e.to_string());
-    Ok((engine.finish(), container, fault))
+    // Shared by the packet callback and the live status line, which run one after the other.
+    let engine = RefCell::new(
+        Engine::new(cfg)
+            .with_filter(filter)
+            .stop_after(stop)
+            .record_transitions(keep.transitions)
+            .watch(keep.watch),
+    );
+    let end = read_source(
+        input,
+        &mut |pkt| {
+            let mut engine = engine.borrow_mut();
+            if let Some(rel) = relative.take()
+                && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
+            {
+                engine.set_stop_after(at);
+            }
+            engine.process(pkt);
+            ControlFlow::Continue(())
+        },
+        &|| {
+            let engine = engine.borrow();
+            Some((
+                engine.flow_counters().connections,
+                engine.live_connections(),
+            ))
+        },
+    )?;
+    Ok((engine.into_inner().finish(), end))
 }
 
 fn write_out(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Failure> {
@@ -328,9 +551,31 @@ fn write_out(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Fai
     }
 }
 
-fn report_counters(quiet: bool, outcome: &Outcome, container: &ContainerCounters) {
+fn report_counters(quiet: bool, outcome: &Outcome, end: &SourceEnd) {
     if !quiet {
-        let _ = report::write_counters(&mut io::stderr().lock(), outcome, container);
+        let _ = report::write_counters(&mut io::stderr().lock(), outcome, &end.container);
+    }
+    report_live_counts(quiet, end.live.as_ref());
+}
+
+/// libpcap's counts after a live capture; a warning about drops even with `-q`, since they
+/// make the report doubtful.
+fn report_live_counts(quiet: bool, live: Option<&LiveStats>) {
+    let Some(stats) = live else {
+        return;
+    };
+    let mut err = io::stderr().lock();
+    if !quiet {
+        let _ = report::write_live_counters(&mut err, stats);
+    }
+    if stats.dropped() > 0 {
+        let _ = writeln!(
+            err,
+            "tcpstate: warning: {} packets were dropped before tcpstate saw them (kernel {}, interface {}): states may be wrong for the connections they belonged to",
+            stats.dropped(),
+            stats.dropped_by_kernel,
+            stats.dropped_by_interface
+        );
     }
 }
 
@@ -352,20 +597,22 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
         ignore_checksums,
         ..ZeekConfig::default()
     });
-    let mut container = ContainerCounters::default();
     let (mut packets, mut filtered) = (0u64, 0u64);
-    let result = file::read_files(&input.files, &mut container, &mut |pkt| {
-        packets += 1;
-        if let Some(f) = filter.as_mut()
-            && !f.matches(pkt.linktype, pkt.data)
-        {
-            filtered += 1;
-        } else {
-            tracker.process(pkt);
-        }
-        ControlFlow::Continue(())
-    });
-    let fault = result.err().map(|e| e.to_string());
+    let source_end = read_source(
+        input,
+        &mut |pkt| {
+            packets += 1;
+            if let Some(f) = filter.as_mut()
+                && !f.matches(pkt.linktype, pkt.data)
+            {
+                filtered += 1;
+            } else {
+                tracker.process(pkt);
+            }
+            ControlFlow::Continue(())
+        },
+        &|| None,
+    )?;
     let rows = tracker.finish();
     let opened = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -386,16 +633,32 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
             rows.len()
         );
     }
-    finish_status(fault)
+    report_live_counts(input.quiet, source_end.live.as_ref());
+    finish_status(source_end.fault)
+}
+
+/// `tcpstate -D`.
+fn list_interfaces() -> Result<(), Failure> {
+    let list = live::list_interfaces().map_err(|e| input_error(e.to_string()))?;
+    write_out(|out| live::write_interface_list(out, &list))
 }
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+    if cli.list_interfaces {
+        return list_interfaces();
+    }
+    let Some(command) = cli.command else {
+        return Err(usage(
+            "a command is needed: conns, states, events, explain, diagnose or summary (see --help)"
+                .into(),
+        ));
+    };
+    match command {
         Command::Conns(args) if args.format == ConnsFormat::Zeek => {
             run_zeek(&args.input, args.ignore_checksums)
         }
         Command::Conns(args) => {
-            let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
+            let (outcome, source_end) = run_engine(&args.input, Keep::default())?;
             let end = outcome.end_ts.unwrap_or_default();
             let rows: Vec<_> = outcome
                 .connections
@@ -408,8 +671,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 ConnsFormat::Json => report::write_json_lines(out, &rows),
                 ConnsFormat::Csv | ConnsFormat::Zeek => report::write_csv(out, &rows),
             })?;
-            report_counters(args.input.quiet, &outcome, &container);
-            finish_status(fault)
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
         }
         Command::States(args) => {
             let host = args
@@ -422,7 +685,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 stop_at: args.at.as_deref(),
                 ..Keep::default()
             };
-            let (outcome, container, fault) = run_engine(&args.input, keep)?;
+            let (outcome, source_end) = run_engine(&args.input, keep)?;
             let sel = states::Selection {
                 all: args.all,
                 host,
@@ -433,8 +696,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => report::write_json_lines(out, &rows),
                 Format::Csv => report::write_csv(out, &rows),
             })?;
-            report_counters(args.input.quiet, &outcome, &container);
-            finish_status(fault)
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
         }
         Command::Explain(args) => {
             let watch = parse_conn_selector(&args.conn).map_err(usage)?;
@@ -443,13 +706,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 watch: Some(watch),
                 ..Keep::default()
             };
-            let (outcome, container, fault) = run_engine(&args.input, keep)?;
+            let (outcome, source_end) = run_engine(&args.input, keep)?;
             let end = outcome.end_ts.unwrap_or_default();
             let mut ids: Vec<u64> = outcome.watched.iter().map(|p| p.conn_id).collect();
             ids.dedup();
             if ids.is_empty() {
-                report_counters(args.input.quiet, &outcome, &container);
-                finish_status(fault.clone())?;
+                report_counters(args.input.quiet, &outcome, &source_end);
+                finish_status(source_end.fault.clone())?;
                 return Err(Failure {
                     status: exit::NOT_FOUND,
                     message: format!("no connection {} in the input", args.conn),
@@ -481,8 +744,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 Ok(())
             })?;
-            report_counters(args.input.quiet, &outcome, &container);
-            finish_status(fault)
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
         }
         Command::Diagnose(args) => {
             let cfg = DiagnoseConfig {
@@ -492,7 +755,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 slow_handshake: seconds_arg("slow-handshake", args.slow_handshake)?,
                 syn_flood: args.syn_flood,
             };
-            let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
+            let (outcome, source_end) = run_engine(&args.input, Keep::default())?;
             let found = findings::diagnose(&outcome, &cfg);
             let start = outcome.first_ts.map(report::secs);
             write_out(|out| match args.format {
@@ -500,37 +763,37 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Format::Json => report::write_json_lines(out, &found),
                 Format::Csv => diagnose::write_findings_csv(out, &found),
             })?;
-            report_counters(args.input.quiet, &outcome, &container);
-            finish_status(fault)
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
         }
         Command::Summary(args) => {
             if args.format == Format::Csv {
                 return Err(usage("summary has no CSV form: use --format json".into()));
             }
-            let (outcome, container, fault) = run_engine(&args.input, Keep::default())?;
+            let (outcome, source_end) = run_engine(&args.input, Keep::default())?;
             let sum = summary::summarize_all(&outcome.connections);
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_summary_text(out, &sum),
                 Format::Json => report::write_json_lines(out, std::slice::from_ref(&sum)),
                 Format::Csv => Ok(()),
             })?;
-            report_counters(args.input.quiet, &outcome, &container);
-            finish_status(fault)
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
         }
         Command::Events(args) => {
             let keep = Keep {
                 transitions: true,
                 ..Keep::default()
             };
-            let (outcome, container, fault) = run_engine(&args.input, keep)?;
+            let (outcome, source_end) = run_engine(&args.input, keep)?;
             let rows = events::event_rows(&outcome.transitions, &outcome.connections);
             write_out(|out| match args.format {
                 Format::Text => events::write_text(out, &rows, outcome.first_ts),
                 Format::Json => report::write_json_lines(out, &rows),
                 Format::Csv => report::write_csv(out, &rows),
             })?;
-            report_counters(args.input.quiet, &outcome, &container);
-            finish_status(fault)
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
         }
     }
 }

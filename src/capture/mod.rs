@@ -1,8 +1,9 @@
-//! Capture sources: files (pcap, pcapng, standard input) and, later, live interfaces.
+//! Capture sources: files (pcap, pcapng, standard input) and live interfaces.
 //! A source hands each record to a callback, borrowed, never copied.
 
 pub mod file;
 pub mod filter;
+pub mod live;
 
 use std::fmt;
 use std::ops::ControlFlow;

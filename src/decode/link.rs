@@ -38,7 +38,8 @@ impl LinkType {
     }
 }
 
-/// A name for a link type number in error messages, as tcpdump's `-L` spells it.
+/// A name for a link type number in messages (errors, the live `listening on` line), as
+/// tcpdump's `-L` spells it.
 pub fn linktype_name(value: i32) -> String {
     let name = match value {
         0 => "NULL",
@@ -61,6 +62,11 @@ pub fn linktype_name(value: i32) -> String {
         227 => "CAN_SOCKETCAN",
         249 => "USBPCAP",
         253 => "NETLINK",
+        101 => "RAW",
+        108 => "LOOP",
+        228 => "IPV4",
+        229 => "IPV6",
+        276 => "LINUX_SLL2",
         _ => "unknown",
     };
     format!("{name} ({value})")

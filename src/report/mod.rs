@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::capture::ContainerCounters;
+use crate::capture::live::LiveStats;
 use crate::decode::DecodeError;
 use crate::pipeline::Outcome;
 
@@ -241,4 +242,25 @@ impl Table {
         }
         Ok(())
     }
+}
+
+/// libpcap's counts after a live capture, always shown (as tcpdump does): zero drops is news too.
+pub fn write_live_counters(out: &mut dyn Write, stats: &LiveStats) -> io::Result<()> {
+    for (n, what) in [
+        (
+            stats.received,
+            "packets received by the kernel filter (libpcap)",
+        ),
+        (
+            stats.dropped_by_kernel,
+            "packets dropped by the kernel (buffer full)",
+        ),
+        (
+            stats.dropped_by_interface,
+            "packets dropped by the interface",
+        ),
+    ] {
+        writeln!(out, "tcpstate: {n:>10}  {what}")?;
+    }
+    Ok(())
 }
