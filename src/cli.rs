@@ -4,6 +4,8 @@ use std::cell::RefCell;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
@@ -13,8 +15,9 @@ use crate::capture::filter::PacketFilter;
 use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStats};
 use crate::capture::{ContainerCounters, PacketFn, file};
 use crate::decode::SockAddr;
-use crate::flow::{EngineConfig, FlowKey};
+use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts};
 use crate::pipeline::{Engine, Outcome, Watch};
+use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::{self, conns, diagnose, events, explain, states};
 use crate::time::{Dur, Ts, parse_time_arg};
 use crate::zeek::{self, ZeekConfig, ZeekTracker};
@@ -32,6 +35,9 @@ pub mod exit {
     /// `explain`: the connection asked for is not in the input.
     pub const NOT_FOUND: i32 = 3;
 }
+
+/// The default `--max-conns`: about 600 MB of records at most.
+pub const DEFAULT_MAX_CONNS: usize = 1_000_000;
 
 const EXIT_CODES_HELP: &str = "Exit status: 0 all input read and reported (live: stopped by Ctrl-C or SIGTERM); 1 an input could not be read to its end, or live capture could not start or failed (what was read before the fault is still reported); 2 bad command line; 3 `explain` found no such connection.";
 
@@ -68,9 +74,12 @@ pub enum Command {
     /// Counts by handshake outcome and by how connections ended; handshake, half-close and
     /// TIME_WAIT duration distributions.
     Summary(SummaryArgs),
+    /// A live full-screen view (as top): counts per state, connection rate, failures and
+    /// drops, and the connections with each side's state. `tcpstate -i IFACE` on a terminal.
+    Top(TopArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 #[group(skip)]
 #[command(group(ArgGroup::new("source").required(true).args(["files", "interface"])))]
 pub struct InputArgs {
@@ -112,10 +121,18 @@ pub struct InputArgs {
     /// TIME_WAIT length in seconds (2MSL; Linux: 60).
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub time_wait: f64,
-    /// Track at most N connections at once: when full, the least recently active are evicted
-    /// (counted; half-open attempts are only counted, per server, to bound memory under a SYN flood).
-    #[arg(long, value_name = "N")]
-    pub max_conns: Option<usize>,
+    /// Track at most N connections at once (0: no limit): when full, the least recently
+    /// active eighth is evicted (counted; half-open attempts are only counted, per server, to
+    /// bound memory under a SYN flood).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS)]
+    pub max_conns: usize,
+    /// Stop tracking a connection silent for longer than this, by the state of its most open
+    /// side: `handshake=SECS` (SYN_SENT, SYN_RECV; default 180), `established=SECS`
+    /// (ESTABLISHED, CLOSE_WAIT, FIN_WAIT2; default 86400), `closing=SECS` (FIN_WAIT1,
+    /// CLOSING, LAST_ACK; default 600). Repeatable. Closed connections end 2MSL after their
+    /// last packet. Timers run on packet time.
+    #[arg(long, value_name = "CLASS=SECS")]
+    pub idle_timeout: Vec<String>,
     /// Don't print the packet counters on standard error.
     #[arg(short, long)]
     pub quiet: bool,
@@ -177,6 +194,16 @@ pub struct StatesArgs {
     /// Also list CLOSED endpoints.
     #[arg(long)]
     pub all: bool,
+    /// Instead of the sockets at the end, print the count per state every interval of
+    /// packet time (live: of the wall clock too): `10s`, `1m`, `500ms`, or seconds.
+    #[arg(long, value_name = "DURATION", conflicts_with = "at")]
+    pub interval: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
 }
 
 #[derive(Args, Debug)]
@@ -337,16 +364,17 @@ struct SourceEnd {
     fault: Option<String>,
 }
 
-/// Numbers for the live status line that only the consumer of the packets knows:
-/// connections seen and connections open now.
-type StatusNumbers<'a> = dyn Fn() -> Option<(u64, usize)> + 'a;
+/// Called about once a second during a live capture, with libpcap's counts so far. It may
+/// ask reading to stop, and gives the numbers for the status line that only the consumer of
+/// the packets knows: connections seen and connections open now.
+type OnTick<'a> = dyn FnMut(&LiveStats) -> (ControlFlow<()>, Option<(u64, usize)>) + 'a;
 
 /// Reads every packet of the input (files in order, or a live capture until Ctrl-C or
 /// SIGTERM) and hands each to `on_packet`.
 fn read_source(
     input: &InputArgs,
     on_packet: &mut PacketFn<'_>,
-    status_numbers: &StatusNumbers<'_>,
+    on_tick: &mut OnTick<'_>,
 ) -> Result<SourceEnd, Failure> {
     let mut container = ContainerCounters::default();
     match input.source() {
@@ -359,7 +387,7 @@ fn read_source(
             })
         }
         Source::Live(opts) => {
-            let (stats, fault) = capture_live(&opts, input.quiet, on_packet, status_numbers)?;
+            let (stats, fault) = capture_live(&opts, input.quiet, on_packet, on_tick)?;
             Ok(SourceEnd {
                 container,
                 live: Some(stats),
@@ -382,7 +410,7 @@ fn capture_live(
     opts: &LiveOptions,
     quiet: bool,
     on_packet: &mut PacketFn<'_>,
-    status_numbers: &StatusNumbers<'_>,
+    on_tick: &mut OnTick<'_>,
 ) -> Result<(LiveStats, Option<String>), Failure> {
     // A typo in the filter is a usage error even without the privilege to capture.
     if let Some(expression) = &opts.filter {
@@ -400,8 +428,13 @@ fn capture_live(
         eprintln!("tcpstate: {}", capture.describe());
     }
     let mut status = StatusLine::new(quiet);
+    let ticker = control.clone();
     let result = capture.run(&control, on_packet, &mut |stats| {
-        status.update(stats, status_numbers())
+        let (flow, numbers) = on_tick(stats);
+        if flow.is_break() {
+            ticker.request_stop();
+        }
+        status.update(stats, numbers)
     });
     status.clear();
     Ok(match result {
@@ -475,22 +508,78 @@ struct Keep<'a> {
     watch: Option<Watch>,
 }
 
-/// Runs the engine over the input. Returns the outcome and what reading left (counters, and
-/// if it stopped early, why).
-fn run_engine(input: &InputArgs, keep: Keep<'_>) -> Result<(Outcome, SourceEnd), Failure> {
-    let stop_at = keep.stop_at;
+/// What a command does while packets flow, besides tracking them: write records as they
+/// end, print counts each interval, feed the top view. Each hook may ask reading to stop
+/// (the reader of the output went away, the view was closed).
+trait Watcher {
+    /// Before a packet at `ts` goes in (interval boundaries are crossed here).
+    fn before_packet(&mut self, _engine: &mut Engine, _ts: Ts) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    /// After each packet.
+    fn after_packet(&mut self, _engine: &mut Engine) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    /// About once a second of wall time during a live capture, packets or not.
+    fn on_tick(&mut self, _engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Commands that report only at the end.
+struct AtTheEnd;
+impl Watcher for AtTheEnd {}
+
+fn wall_clock() -> Ts {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ts::from_parts(d.as_secs() as i64, i64::from(d.subsec_nanos()))
+}
+
+/// The engine settings from the command line.
+fn engine_config(input: &InputArgs) -> Result<EngineConfig, Failure> {
     if !(input.time_wait.is_finite() && input.time_wait >= 0.0) {
         return Err(usage(format!(
             "--time-wait {}: expected seconds >= 0",
             input.time_wait
         )));
     }
-    let filter = compile_filter(input)?;
-    let cfg = EngineConfig {
+    let mut idle = IdleTimeouts::default();
+    for spec in &input.idle_timeout {
+        let bad = || {
+            usage(format!(
+                "--idle-timeout '{spec}': expected CLASS=SECS, CLASS one of handshake, established, closing"
+            ))
+        };
+        let (class, secs) = spec.split_once('=').ok_or_else(bad)?;
+        let secs: f64 = secs.trim().parse().map_err(|_| bad())?;
+        let secs = seconds_arg("idle-timeout", secs)?;
+        match class.trim() {
+            "handshake" => idle.handshake = secs,
+            "established" => idle.established = secs,
+            "closing" => idle.closing = secs,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(EngineConfig {
         time_wait: Dur::from_secs_f64(input.time_wait),
-        max_conns: input.max_conns,
-        ..EngineConfig::default()
-    };
+        // 0 turns the limit off.
+        max_conns: Some(input.max_conns).filter(|n| *n > 0),
+        idle,
+    })
+}
+
+/// Runs the engine over the input. Returns the outcome and what reading left (counters, and
+/// if it stopped early, why).
+fn run_engine(
+    input: &InputArgs,
+    keep: Keep<'_>,
+    watcher: &mut dyn Watcher,
+) -> Result<(Outcome, SourceEnd), Failure> {
+    let stop_at = keep.stop_at;
+    let filter = compile_filter(input)?;
+    let cfg = engine_config(input)?;
     // Absolute times are known before reading; relative ones need the first packet.
     let mut stop = None;
     let mut relative = None;
@@ -505,7 +594,7 @@ fn run_engine(input: &InputArgs, keep: Keep<'_>) -> Result<(Outcome, SourceEnd),
         // Validate the number now; resolve against the first packet below.
         parse_time_arg(rel, Some(Ts(0))).map_err(usage)?;
     }
-    // Shared by the packet callback and the live status line, which run one after the other.
+    // Shared by the packet callback and the live tick, which run one after the other.
     let engine = RefCell::new(
         Engine::new(cfg)
             .with_filter(filter)
@@ -513,27 +602,183 @@ fn run_engine(input: &InputArgs, keep: Keep<'_>) -> Result<(Outcome, SourceEnd),
             .record_transitions(keep.transitions)
             .watch(keep.watch),
     );
+    let watcher = RefCell::new(watcher);
     let end = read_source(
         input,
         &mut |pkt| {
             let mut engine = engine.borrow_mut();
+            let mut watcher = watcher.borrow_mut();
             if let Some(rel) = relative.take()
                 && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
             {
                 engine.set_stop_after(at);
             }
+            watcher.before_packet(&mut engine, pkt.ts)?;
             engine.process(pkt);
-            ControlFlow::Continue(())
+            watcher.after_packet(&mut engine)
         },
-        &|| {
-            let engine = engine.borrow();
-            Some((
+        &mut |stats| {
+            let mut engine = engine.borrow_mut();
+            let flow = watcher
+                .borrow_mut()
+                .on_tick(&mut engine, wall_clock(), stats);
+            let numbers = Some((
                 engine.flow_counters().connections,
                 engine.live_connections(),
-            ))
+            ));
+            (flow, numbers)
         },
     )?;
     Ok((engine.into_inner().finish(), end))
+}
+
+/// Standard output for records written while reading: buffered, and flushed after every
+/// record when live, so `| jq` or a log shipper sees each at once.
+struct Stream {
+    out: BufWriter<io::Stdout>,
+    flush_each: bool,
+    /// Writing failed: the reader went away (broken pipe), or another error to report.
+    failed: Option<io::Error>,
+}
+
+impl Stream {
+    fn new(flush_each: bool) -> Stream {
+        Stream {
+            out: BufWriter::with_capacity(1 << 16, io::stdout()),
+            flush_each,
+            failed: None,
+        }
+    }
+
+    /// Runs a write; a failure stops reading.
+    fn write(&mut self, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> ControlFlow<()> {
+        if self.failed.is_some() {
+            return ControlFlow::Break(());
+        }
+        let mut res = f(&mut self.out);
+        if res.is_ok() && self.flush_each {
+            res = self.out.flush();
+        }
+        match res {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                self.failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Flushes and says how writing went: a broken pipe ends quietly, as in ripgrep.
+    fn finish(mut self) -> Result<(), Failure> {
+        let res = match self.failed.take() {
+            Some(e) => Err(e),
+            None => self.out.flush(),
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(Failure {
+                status: exit::INPUT_ERROR,
+                message: format!("writing output: {e}"),
+            }),
+        }
+    }
+}
+
+/// `conns --format json|csv`: each record is written when it ends (superseded, over for
+/// 2MSL, expired, evicted), in the order they end; those still open at the end follow, in
+/// id order. Memory then holds only the connections alive at once.
+struct ConnsStream {
+    stream: Stream,
+    csv: bool,
+    header_written: bool,
+}
+
+impl ConnsStream {
+    fn write_rows(&mut self, conns: &[Connection], end: Ts) -> ControlFlow<()> {
+        if conns.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let rows: Vec<_> = conns.iter().map(|c| summarize(c, end)).collect();
+        let (csv, header) = (self.csv, !self.header_written);
+        self.header_written = true;
+        self.stream.write(|out| {
+            if csv {
+                report::write_csv_rows(out, &rows, header)
+            } else {
+                report::write_json_lines(out, &rows)
+            }
+        })
+    }
+}
+
+impl Watcher for ConnsStream {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if !engine.has_ended() {
+            return ControlFlow::Continue(());
+        }
+        let ended = engine.take_ended();
+        self.write_rows(&ended, engine.now().unwrap_or_default())
+    }
+    fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
+        self.after_packet(engine)
+    }
+}
+
+/// `states --interval`: the socket counts per state at every interval boundary of packet
+/// time (live: of the wall clock too, so quiet links still get a line).
+struct IntervalCounts {
+    stream: Stream,
+    every: Dur,
+    next: Option<Ts>,
+    format: Format,
+    csv_header_written: bool,
+    host: Option<states::HostFilter>,
+}
+
+impl IntervalCounts {
+    fn emit_until(&mut self, engine: &Engine, now: Ts) -> ControlFlow<()> {
+        let Some(mut at) = self.next else {
+            self.next = Some(now.plus(self.every));
+            return ControlFlow::Continue(());
+        };
+        while at <= now {
+            let host = self.host;
+            let conns = engine
+                .connections()
+                .filter(|c| host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr))));
+            let counts = states::interval_counts(conns, at, &engine.cfg);
+            let (format, header) = (self.format, !self.csv_header_written);
+            self.csv_header_written = true;
+            self.stream.write(|out| match format {
+                Format::Text => states::write_interval_text(out, &counts),
+                Format::Json => report::write_json_lines(out, std::slice::from_ref(&counts)),
+                Format::Csv => states::write_interval_csv(out, &counts, header),
+            })?;
+            at = at.plus(self.every);
+        }
+        self.next = Some(at);
+        ControlFlow::Continue(())
+    }
+}
+
+impl Watcher for IntervalCounts {
+    fn before_packet(&mut self, engine: &mut Engine, ts: Ts) -> ControlFlow<()> {
+        // Boundaries before this packet are counted without it.
+        let now = engine.now().map_or(ts, |c| c.max(ts));
+        match self.next {
+            Some(next) if now >= next => self.emit_until(engine, now),
+            Some(_) => ControlFlow::Continue(()),
+            None => {
+                self.next = Some(now.plus(self.every));
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    fn on_tick(&mut self, engine: &mut Engine, wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
+        let now = engine.now().map_or(wall, |c| c.max(wall));
+        self.emit_until(engine, now)
+    }
 }
 
 fn write_out(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Failure> {
@@ -611,7 +856,7 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
             }
             ControlFlow::Continue(())
         },
-        &|| None,
+        &mut |_| (ControlFlow::Continue(()), None),
     )?;
     let rows = tracker.finish();
     let opened = std::time::SystemTime::now()
@@ -637,6 +882,174 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
     finish_status(source_end.fault)
 }
 
+/// `10s`, `1m`, `500ms`, `2h`, or plain seconds.
+fn parse_interval(text: &str) -> Result<Dur, Failure> {
+    let t = text.trim();
+    let bad = || {
+        usage(format!(
+            "--interval '{text}': expected a duration like 10s, 1m, 500ms"
+        ))
+    };
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let v: f64 = number.trim().parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs.is_finite() && secs >= 0.001) {
+        return Err(bad());
+    }
+    Ok(Dur::from_secs_f64(secs))
+}
+
+/// `states --interval`: counts per state at every boundary, then once more at the end.
+fn run_interval(
+    args: &StatesArgs,
+    every: &str,
+    host: Option<states::HostFilter>,
+) -> Result<(), Failure> {
+    let every = parse_interval(every)?;
+    let mut counts = IntervalCounts {
+        stream: Stream::new(args.input.interface.is_some()),
+        every,
+        next: None,
+        format: args.format,
+        csv_header_written: false,
+        host,
+    };
+    let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut counts)?;
+    // The last line: the end of the capture, over the connections still tracked then.
+    if let Some(end) = outcome.end_ts
+        && counts.next.is_some()
+    {
+        let tracked = outcome.connections.iter().filter(|c| {
+            c.superseded_at.is_none()
+                && c.evicted_at.is_none()
+                && c.expired_at.is_none()
+                && host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr)))
+        });
+        let last = states::interval_counts(tracked, end, &engine_config(&args.input)?);
+        let (format, header) = (counts.format, !counts.csv_header_written);
+        let _ = counts.stream.write(|out| match format {
+            Format::Text => states::write_interval_text(out, &last),
+            Format::Json => report::write_json_lines(out, std::slice::from_ref(&last)),
+            Format::Csv => states::write_interval_csv(out, &last, header),
+        });
+    }
+    counts.stream.finish()?;
+    report_counters(args.input.quiet, &outcome, &source_end);
+    finish_status(source_end.fault)
+}
+
+/// Feeds the top view from the capture loop: a frame about every second of wall time, and
+/// stops reading when the view was closed.
+struct TopWatcher {
+    feed: TopFeed,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watcher for TopWatcher {
+    fn after_packet(&mut self, _engine: &mut Engine) -> ControlFlow<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+    fn on_tick(&mut self, engine: &mut Engine, wall: Ts, stats: &LiveStats) -> ControlFlow<()> {
+        let drops = CaptureDrops {
+            kernel: stats.dropped_by_kernel,
+            interface: stats.dropped_by_interface,
+        };
+        if !self.feed.tick_at(engine, wall, drops) || self.stop.load(Ordering::Relaxed) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `tcpstate top -i IFACE`: the capture runs on a second thread; this one draws the view
+/// until `q` (or Ctrl-C, a key in the view's raw mode) or SIGTERM. From a file (`-r`), the
+/// view shows the end of the file until quit.
+fn run_top(input: &InputArgs) -> Result<(), Failure> {
+    if !io::stdout().is_terminal() {
+        return Err(usage(
+            "top draws on a terminal; for a stream of records use `conns --format json`".into(),
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let title = input
+        .interface
+        .clone()
+        .unwrap_or_else(|| input.files.join(" "));
+    let cfg = engine_config(input)?;
+    let model = TopModel::new(TopConfig {
+        title,
+        engine: cfg,
+        ..TopConfig::default()
+    });
+    let mut quiet_input = input.clone();
+    quiet_input.quiet = true;
+    let result = std::thread::scope(|scope| {
+        let capture_stop = Arc::clone(&stop);
+        let capture = scope.spawn(move || {
+            let mut watcher = TopWatcher {
+                feed: TopFeed::new(model, tx),
+                stop: capture_stop,
+            };
+            let result = run_engine(&quiet_input, Keep::default(), &mut watcher);
+            // A file is read in a moment: keep its last frame up until the view is closed.
+            if quiet_input.interface.is_none() {
+                while !watcher.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+            result.map(|(outcome, end)| (outcome, end, watcher))
+        });
+        let drawn = report::top::run_terminal(rx, Arc::clone(&stop));
+        stop.store(true, Ordering::Relaxed);
+        let captured = capture.join();
+        (drawn, captured)
+    });
+    let (drawn, captured) = result;
+    drawn.map_err(|e| input_error(format!("terminal: {e}")))?;
+    let (outcome, source_end, _) = match captured {
+        Ok(r) => r?,
+        Err(_) => return Err(input_error("the capture thread failed".into())),
+    };
+    report_counters(input.quiet, &outcome, &source_end);
+    finish_status(source_end.fault)
+}
+
+/// `tcpstate -i IFACE [FILTER]` with no command: the top view on a terminal, otherwise a
+/// stream of connection records as JSON lines. Returns the arguments with the command put in.
+pub fn with_default_command(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let is_source = first == "-i"
+        || first.starts_with("--interface")
+        || (first.starts_with("-i") && first.len() > 2);
+    if !is_source {
+        return args;
+    }
+    let mut with = vec![args[0].clone()];
+    if io::stdout().is_terminal() {
+        with.push("top".into());
+    } else {
+        with.extend(["conns".into(), "--format".into(), "json".into()]);
+    }
+    with.extend(args.into_iter().skip(1));
+    with
+}
+
 /// `tcpstate -D`.
 fn list_interfaces() -> Result<(), Failure> {
     let list = live::list_interfaces().map_err(|e| input_error(e.to_string()))?;
@@ -657,8 +1070,27 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Conns(args) if args.format == ConnsFormat::Zeek => {
             run_zeek(&args.input, args.ignore_checksums)
         }
+        Command::Conns(args) if args.format != ConnsFormat::Text => {
+            let mut streaming = ConnsStream {
+                stream: Stream::new(args.input.interface.is_some()),
+                csv: args.format == ConnsFormat::Csv,
+                header_written: false,
+            };
+            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut streaming)?;
+            let end = outcome.end_ts.unwrap_or_default();
+            let _ = streaming.write_rows(&outcome.connections, end);
+            if streaming.csv && !streaming.header_written {
+                let none: [crate::analysis::ConnSummary; 0] = [];
+                let _ = streaming
+                    .stream
+                    .write(|out| report::write_csv_rows(out, &none, true));
+            }
+            streaming.stream.finish()?;
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
+        }
         Command::Conns(args) => {
-            let (outcome, source_end) = run_engine(&args.input, Keep::default())?;
+            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut AtTheEnd)?;
             let end = outcome.end_ts.unwrap_or_default();
             let rows: Vec<_> = outcome
                 .connections
@@ -681,11 +1113,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .map(states::HostFilter::parse)
                 .transpose()
                 .map_err(usage)?;
+            if let Some(every) = &args.interval {
+                return run_interval(&args, every, host);
+            }
             let keep = Keep {
                 stop_at: args.at.as_deref(),
                 ..Keep::default()
             };
-            let (outcome, source_end) = run_engine(&args.input, keep)?;
+            let (outcome, source_end) = run_engine(&args.input, keep, &mut AtTheEnd)?;
             let sel = states::Selection {
                 all: args.all,
                 host,
@@ -706,7 +1141,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 watch: Some(watch),
                 ..Keep::default()
             };
-            let (outcome, source_end) = run_engine(&args.input, keep)?;
+            let (outcome, source_end) = run_engine(&args.input, keep, &mut AtTheEnd)?;
             let end = outcome.end_ts.unwrap_or_default();
             let mut ids: Vec<u64> = outcome.watched.iter().map(|p| p.conn_id).collect();
             ids.dedup();
@@ -755,7 +1190,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 slow_handshake: seconds_arg("slow-handshake", args.slow_handshake)?,
                 syn_flood: args.syn_flood,
             };
-            let (outcome, source_end) = run_engine(&args.input, Keep::default())?;
+            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut AtTheEnd)?;
             let found = findings::diagnose(&outcome, &cfg);
             let start = outcome.first_ts.map(report::secs);
             write_out(|out| match args.format {
@@ -770,7 +1205,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if args.format == Format::Csv {
                 return Err(usage("summary has no CSV form: use --format json".into()));
             }
-            let (outcome, source_end) = run_engine(&args.input, Keep::default())?;
+            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut AtTheEnd)?;
             let sum = summary::summarize_all(&outcome.connections);
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_summary_text(out, &sum),
@@ -780,12 +1215,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }
+        Command::Top(args) => run_top(&args.input),
         Command::Events(args) => {
             let keep = Keep {
                 transitions: true,
                 ..Keep::default()
             };
-            let (outcome, source_end) = run_engine(&args.input, keep)?;
+            let (outcome, source_end) = run_engine(&args.input, keep, &mut AtTheEnd)?;
             let rows = events::event_rows(&outcome.transitions, &outcome.connections);
             write_out(|out| match args.format {
                 Format::Text => events::write_text(out, &rows, outcome.first_ts),

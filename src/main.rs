@@ -3,7 +3,7 @@ use clap::Parser;
 use tcpstate::cli::{self, Cli, exit};
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(cli::with_default_command(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let status = if e.use_stderr() {

@@ -175,6 +175,11 @@ impl Engine {
         ended
     }
 
+    /// Whether `take_ended` has records to give (cheap, for a check after every packet).
+    pub fn has_ended(&self) -> bool {
+        self.table.has_ended()
+    }
+
     /// Counters of the flow table so far.
     pub fn flow_counters(&self) -> FlowCounters {
         self.table.counters

@@ -92,6 +92,10 @@ impl FlowTable {
         self.live.iter()
     }
 
+    pub fn has_ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
     /// Takes the records that have ended since the last call (superseded by a new connection
     /// on their 4-tuple, evicted, or expired), in the order they ended.
     pub fn take_ended(&mut self) -> Vec<Connection> {

@@ -192,6 +192,21 @@ pub fn write_csv<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()
     w.flush()
 }
 
+/// CSV rows written in batches as they come: the header row only with the first batch.
+pub fn write_csv_rows<T: Serialize>(
+    out: &mut dyn Write,
+    rows: &[T],
+    header: bool,
+) -> io::Result<()> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(header)
+        .from_writer(out);
+    for r in rows {
+        w.serialize(r).map_err(csv_to_io)?;
+    }
+    w.flush()
+}
+
 fn csv_to_io(e: csv::Error) -> io::Error {
     match e.into_kind() {
         // Keep a broken pipe a broken pipe, so `| head` ends quietly.

@@ -52,7 +52,7 @@ impl HostFilter {
             format!("--host '{s}': expected an address (10.0.0.1, ::1) or address:port")
         })
     }
-    fn keeps(&self, a: SockAddr) -> bool {
+    pub fn keeps(&self, a: SockAddr) -> bool {
         match self {
             HostFilter::Ip(ip) => a.ip == *ip,
             HostFilter::Addr(x) => a == *x,
@@ -238,6 +238,23 @@ pub fn write_interval_text(out: &mut dyn Write, c: &IntervalCounts) -> io::Resul
         if let Some(n) = c.counts.get(state.name()) {
             write!(out, "  {} {n}", state.name())?;
         }
+    }
+    writeln!(out)
+}
+
+/// `states --interval --format csv`: time, sockets, connections, then a column per state
+/// in netstat's order (all eleven, so every row has the same columns).
+pub fn write_interval_csv(out: &mut dyn Write, c: &IntervalCounts, header: bool) -> io::Result<()> {
+    if header {
+        write!(out, "time,sockets,connections")?;
+        for state in TcpState::ALL {
+            write!(out, ",{}", state.name())?;
+        }
+        writeln!(out)?;
+    }
+    write!(out, "{},{},{}", c.time, c.sockets, c.connections)?;
+    for state in TcpState::ALL {
+        write!(out, ",{}", c.counts.get(state.name()).copied().unwrap_or(0))?;
     }
     writeln!(out)
 }
