@@ -337,6 +337,12 @@ enum Source<'a> {
 }
 
 impl InputArgs {
+    /// Packets arrive over time (a live capture, or a pipe on standard input): output is
+    /// flushed record by record.
+    fn streams_in(&self) -> bool {
+        self.interface.is_some() || self.files.iter().any(|f| f == "-")
+    }
+
     fn source(&self) -> Source<'_> {
         let Some(interface) = &self.interface else {
             return Source::Files(&self.files);
@@ -916,7 +922,7 @@ fn run_interval(
 ) -> Result<(), Failure> {
     let every = parse_interval(every)?;
     let mut counts = IntervalCounts {
-        stream: Stream::new(args.input.interface.is_some()),
+        stream: Stream::new(args.input.streams_in()),
         every,
         next: None,
         format: args.format,
@@ -1029,19 +1035,23 @@ fn run_top(input: &InputArgs) -> Result<(), Failure> {
 }
 
 /// `tcpstate -i IFACE [FILTER]` with no command: the top view on a terminal, otherwise a
-/// stream of connection records as JSON lines. Returns the arguments with the command put in.
+/// stream of connection records as JSON lines; `tcpstate -r FILE`: `conns`. Returns the
+/// arguments with the command put in.
 pub fn with_default_command(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
         return args;
     };
-    let is_source = first == "-i"
+    let live = first == "-i"
         || first.starts_with("--interface")
         || (first.starts_with("-i") && first.len() > 2);
-    if !is_source {
+    let file = first == "-r" || first.starts_with("--read");
+    if !live && !file {
         return args;
     }
     let mut with = vec![args[0].clone()];
-    if io::stdout().is_terminal() {
+    if file {
+        with.push("conns".into());
+    } else if io::stdout().is_terminal() {
         with.push("top".into());
     } else {
         with.extend(["conns".into(), "--format".into(), "json".into()]);
@@ -1072,7 +1082,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Conns(args) if args.format != ConnsFormat::Text => {
             let mut streaming = ConnsStream {
-                stream: Stream::new(args.input.interface.is_some()),
+                stream: Stream::new(args.input.streams_in()),
                 csv: args.format == ConnsFormat::Csv,
                 header_written: false,
             };

@@ -68,6 +68,28 @@ pub fn read_from<'r>(
     read_one(source, Box::new(input), counters, on_packet)
 }
 
+/// How many bytes the first block of a capture takes, as far as `head` tells: the 24-byte
+/// pcap header, or a pcapng section header's own length (at least 28).
+fn first_block_len(head: &[u8]) -> usize {
+    const PCAPNG: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+    if head.len() < 4 {
+        return 28;
+    }
+    if head[0..4] != PCAPNG {
+        return 24;
+    }
+    if head.len() < 12 {
+        return 28;
+    }
+    let len = [head[4], head[5], head[6], head[7]];
+    let declared = if head[8..12] == [0x1a, 0x2b, 0x3c, 0x4d] {
+        u32::from_be_bytes(len)
+    } else {
+        u32::from_le_bytes(len)
+    };
+    (declared as usize).max(28)
+}
+
 fn read_one<'r>(
     source: &str,
     mut input: Box<dyn Read + Send + 'r>,
@@ -80,11 +102,19 @@ fn read_one<'r>(
     };
     // Peek enough to tell a capture from anything else, with a message that shows what it is.
     // The whole first block must be in the first read pcap-parser makes, so peek generously.
+    // Read only as far as the first block (a pipe may not have more yet: waiting for
+    // HEAD_BYTES would hold back every record of a slow stream).
     let mut head = Vec::with_capacity(HEAD_BYTES);
-    (&mut input)
-        .take(HEAD_BYTES as u64)
-        .read_to_end(&mut head)
-        .map_err(|e| err(CaptureErrorKind::Read(e.to_string())))?;
+    let mut chunk = [0u8; 4096];
+    while head.len() < first_block_len(&head).min(HEAD_BYTES) {
+        let want = (first_block_len(&head).min(HEAD_BYTES) - head.len()).min(chunk.len());
+        match input.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(CaptureErrorKind::Read(e.to_string()))),
+        }
+    }
     if head.is_empty() {
         return Err(err(CaptureErrorKind::Empty));
     }
