@@ -731,6 +731,60 @@ impl Watcher for ConnsStream {
     }
 }
 
+/// `events` while packets arrive over time (live, or a pipe): each transition is written
+/// as soon as the engine finds it (a timer's when it notices the timer ran out, with the time
+/// it ran out), so lines can be slightly out of time order; the rest come at the end.
+struct EventsStream {
+    stream: Stream,
+    format: Format,
+    first_ts: Option<Ts>,
+    csv_header_written: bool,
+    /// Records taken from the engine to look up the transitions of ended connections.
+    ended: Vec<Connection>,
+}
+
+impl EventsStream {
+    fn write(&mut self, rows: &[events::EventRow]) -> ControlFlow<()> {
+        if rows.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let (format, header, start) = (self.format, !self.csv_header_written, self.first_ts);
+        self.csv_header_written = true;
+        self.stream.write(|out| match format {
+            Format::Text => events::write_lines(out, rows, start, header),
+            Format::Json => report::write_json_lines(out, rows),
+            Format::Csv => report::write_csv_rows(out, rows, header),
+        })
+    }
+}
+
+impl Watcher for EventsStream {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if self.first_ts.is_none() {
+            self.first_ts = engine.now();
+        }
+        let transitions = engine.take_transitions();
+        if transitions.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        self.ended = engine.take_ended();
+        let rows: Vec<_> = transitions
+            .iter()
+            .filter_map(|t| {
+                let conn = engine
+                    .find(t.key)
+                    .filter(|c| c.id == t.conn_id)
+                    .or_else(|| self.ended.iter().find(|c| c.id == t.conn_id))?;
+                Some(events::event_row(t, conn))
+            })
+            .collect();
+        self.write(&rows)
+    }
+    fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
+        self.after_packet(engine)
+    }
+}
+
 /// `states --interval`: the socket counts per state at every interval boundary of packet
 /// time (live: of the wall clock too, so quiet links still get a line).
 struct IntervalCounts {
@@ -1226,6 +1280,25 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             finish_status(source_end.fault)
         }
         Command::Top(args) => run_top(&args.input),
+        Command::Events(args) if args.input.streams_in() => {
+            let keep = Keep {
+                transitions: true,
+                ..Keep::default()
+            };
+            let mut streaming = EventsStream {
+                stream: Stream::new(true),
+                format: args.format,
+                first_ts: None,
+                csv_header_written: false,
+                ended: Vec::new(),
+            };
+            let (outcome, source_end) = run_engine(&args.input, keep, &mut streaming)?;
+            let rows = events::event_rows(&outcome.transitions, &outcome.connections);
+            let _ = streaming.write(&rows);
+            streaming.stream.finish()?;
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
+        }
         Command::Events(args) => {
             let keep = Keep {
                 transitions: true,

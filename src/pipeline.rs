@@ -175,6 +175,20 @@ impl Engine {
         ended
     }
 
+    /// The transitions recorded since the last call (with `record_transitions`), in the
+    /// order they were found; `finish` returns only the rest, sorted by time.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        self.transitions
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The live record on a 4-tuple.
+    pub fn find(&self, key: FlowKey) -> Option<&Connection> {
+        self.table.find(key)
+    }
+
     /// Whether `take_ended` has records to give (cheap, for a check after every packet).
     pub fn has_ended(&self) -> bool {
         self.table.has_ended()

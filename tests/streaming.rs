@@ -321,3 +321,32 @@ fn without_a_command_a_file_gets_conns() {
         live.stderr
     );
 }
+
+#[test]
+fn events_from_a_pipe_are_the_events_of_the_file() {
+    // From a pipe each transition is written when found; from the file, all at the end in
+    // time order. The same transitions either way.
+    for name in ["mixed", "time_wait_expiry", "synack_exhausted"] {
+        let path = capture(name);
+        let bytes = std::fs::read(&path).expect("read");
+        let file = tcpstate(&["events", "--format", "json", "-q", "-r", &path]);
+        let piped = common::tcpstate_with_stdin(
+            &["events", "--format", "json", "-q", "-r", "-"],
+            Some(&bytes),
+        );
+        assert_eq!(piped.code, 0, "{}", piped.stderr);
+        let key = |r: &Value| {
+            (
+                r["conn"].as_u64().unwrap(),
+                r["time"].as_f64().unwrap().to_bits(),
+                r.to_string(),
+            )
+        };
+        let mut a: Vec<_> = json_lines(&file.stdout).iter().map(key).collect();
+        let mut b: Vec<_> = json_lines(&piped.stdout).iter().map(key).collect();
+        assert!(!a.is_empty());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}");
+    }
+}

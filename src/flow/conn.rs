@@ -144,6 +144,8 @@ pub struct Transition {
     pub packet: u64,
     /// That packet's TCP facts (filled in by the pipeline when transitions are recorded).
     pub cause: Option<Segment>,
+    /// The connection's 4-tuple, to find its record while it is live.
+    pub key: crate::flow::FlowKey,
 }
 
 /// What is known of one endpoint.
@@ -492,6 +494,7 @@ impl Connection {
                 event,
                 packet,
                 cause: None,
+                key: self.key(),
             });
         }
         true

@@ -92,6 +92,12 @@ impl FlowTable {
         self.live.iter()
     }
 
+    /// The live record on `key`.
+    pub fn find(&self, key: FlowKey) -> Option<&Connection> {
+        self.live
+            .find(self.hasher.hash_one(key), |c| c.key() == key)
+    }
+
     pub fn has_ended(&self) -> bool {
         !self.ended.is_empty()
     }

@@ -41,74 +41,111 @@ pub fn event_rows(transitions: &[Transition], conns: &[Connection]) -> Vec<Event
         .filter_map(|t| {
             // Connections are in id order.
             let idx = conns.binary_search_by_key(&t.conn_id, |c| c.id).ok()?;
-            let conn = &conns[idx];
-            let me = conn.end(t.side);
-            let peer = conn.end(t.side.other());
-            let rel = Relative::of(conn);
-            let cause = t.cause.map(|seg| {
-                let from = conn.side_of(seg.src);
-                let (seq, ack) = rel.numbers(&seg, from);
-                (from, seg, seq, ack)
-            });
-            Some(EventRow {
-                time: secs(t.ts),
-                conn: t.conn_id,
-                endpoint: me.addr.to_string(),
-                peer: peer.addr.to_string(),
-                role: t.side.name(),
-                from: t.from.name(),
-                to: t.to.name(),
-                event: t.event.name(),
-                timer: t.packet == 0,
-                packet: (t.packet != 0).then_some(t.packet),
-                packet_from: cause.map(|c| c.0.name()),
-                flags: cause.map(|c| flag_letters(c.1.flags)),
-                seq: cause.map(|c| c.2),
-                ack: cause.and_then(|c| c.3),
-                len: cause.map(|c| c.1.payload_len),
-            })
+            Some(event_row(t, &conns[idx]))
         })
         .collect()
+}
+
+/// The row of one transition of `conn`.
+pub fn event_row(t: &Transition, conn: &Connection) -> EventRow {
+    let me = conn.end(t.side);
+    let peer = conn.end(t.side.other());
+    let rel = Relative::of(conn);
+    let cause = t.cause.map(|seg| {
+        let from = conn.side_of(seg.src);
+        let (seq, ack) = rel.numbers(&seg, from);
+        (from, seg, seq, ack)
+    });
+    EventRow {
+        time: secs(t.ts),
+        conn: t.conn_id,
+        endpoint: me.addr.to_string(),
+        peer: peer.addr.to_string(),
+        role: t.side.name(),
+        from: t.from.name(),
+        to: t.to.name(),
+        event: t.event.name(),
+        timer: t.packet == 0,
+        packet: (t.packet != 0).then_some(t.packet),
+        packet_from: cause.map(|c| c.0.name()),
+        flags: cause.map(|c| flag_letters(c.1.flags)),
+        seq: cause.map(|c| c.2),
+        ack: cause.and_then(|c| c.3),
+        len: cause.map(|c| c.1.payload_len),
+    }
+}
+
+const HEADER: [&str; 8] = [
+    "TIME", "CONN", "ENDPOINT", "ROLE", "FROM", "TO", "EVENT", "PACKET",
+];
+
+/// A row's cells, the time relative to `t0` (the first packet).
+fn cells(r: &EventRow, t0: f64) -> Vec<String> {
+    let packet = match (r.packet, &r.flags) {
+        (Some(n), Some(f)) => {
+            let mut s = format!(
+                "#{n} {}>{} [{f}] seq {}",
+                r.packet_from.unwrap_or("?"),
+                if r.packet_from == Some("client") {
+                    "server"
+                } else {
+                    "client"
+                },
+                r.seq.unwrap_or(0)
+            );
+            if let Some(a) = r.ack {
+                s.push_str(&format!(" ack {a}"));
+            }
+            s.push_str(&format!(" len {}", r.len.unwrap_or(0)));
+            s
+        }
+        (Some(n), None) => format!("#{n}"),
+        _ => "(timer)".to_string(),
+    };
+    vec![
+        format!("+{:.6}", r.time - t0),
+        r.conn.to_string(),
+        r.endpoint.clone(),
+        r.role.to_string(),
+        r.from.to_string(),
+        r.to.to_string(),
+        r.event.to_string(),
+        packet,
+    ]
 }
 
 /// A table with times relative to `start` (the first packet), like tcpdump's `-ttttt`.
 pub fn write_text(out: &mut dyn Write, rows: &[EventRow], start: Option<Ts>) -> io::Result<()> {
     let t0 = start.map_or(0.0, secs);
-    let mut table = Table::new(&[
-        "TIME", "CONN", "ENDPOINT", "ROLE", "FROM", "TO", "EVENT", "PACKET",
-    ]);
+    let mut table = Table::new(&HEADER);
     for r in rows {
-        let packet = match (r.packet, &r.flags) {
-            (Some(n), Some(f)) => {
-                let mut s = format!(
-                    "#{n} {}>{} [{f}] seq {}",
-                    r.packet_from.unwrap_or("?"),
-                    if r.packet_from == Some("client") {
-                        "server"
-                    } else {
-                        "client"
-                    },
-                    r.seq.unwrap_or(0)
-                );
-                if let Some(a) = r.ack {
-                    s.push_str(&format!(" ack {a}"));
-                }
-                s.push_str(&format!(" len {}", r.len.unwrap_or(0)));
-                s
-            }
-            (Some(n), None) => format!("#{n}"),
-            _ => "(timer)".to_string(),
-        };
-        table.row(vec![
-            format!("+{:.6}", r.time - t0),
-            r.conn.to_string(),
-            r.endpoint.clone(),
-            r.role.to_string(),
-            r.from.to_string(),
-            r.to.to_string(),
-            r.event.to_string(),
-            packet,
-        ]);
+        table.row(cells(r, t0));
     }
     table.write(out)
+}
+
+/// As `write_text`, for rows written as they come: fixed column widths (wide enough for
+/// IPv4 endpoints), the header only with the first batch.
+pub fn write_lines(
+    out: &mut dyn Write,
+    rows: &[EventRow],
+    start: Option<Ts>,
+    header: bool,
+) -> io::Result<()> {
+    const WIDTHS: [usize; 7] = [12, 6, 21, 6, 11, 11, 17];
+    let line = |out: &mut dyn Write, cells: &[String]| -> io::Result<()> {
+        for (cell, w) in cells.iter().zip(WIDTHS) {
+            write!(out, "{cell:<w$}  ")?;
+        }
+        writeln!(out, "{}", cells.get(7).map_or("", String::as_str))
+    };
+    if header {
+        let names: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+        line(out, &names)?;
+    }
+    let t0 = start.map_or(0.0, secs);
+    for r in rows {
+        line(out, &cells(r, t0))?;
+    }
+    Ok(())
 }
