@@ -15,9 +15,12 @@ capture once so it is in the page cache, then per capture runs, in rounds, `--ru
     tcpstate conns -q --format json -r FILE > out    (and text `conns`, `diagnose`)
 
 and the slow peers once each, with a time limit (`--peer-timeout`, `--no-peers` to skip):
-`tshark -q -z conv,tcp -r FILE` and `tcptrace -n FILE`, where installed. Wall time is the
-median; peak memory is the child's maximum resident set size (GNU time's %M), the largest
-over runs.
+`tshark -q -z conv,tcp -r FILE` and `tcptrace -n FILE`, where installed, each with an
+address-space limit (`--peer-mem-limit`, 12 GiB: tcptrace needs ~17 KB per connection and
+would push a 24 GB machine out of memory on the 2-million-SYN capture). Wall time is the
+median, CPU time (user + system) too, as it suffers less when other work shares the cores
+(the load average is printed); peak memory is the child's maximum resident set size (GNU
+time's %M), the largest over runs.
 "B/conn" is tcpstate's peak memory above its base (its peak on a one-connection capture)
 divided by the connections it tracked (`tcpstate summary`). Not a test: nothing is asserted.
 """
@@ -26,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -46,17 +50,23 @@ def die(msg):
     sys.exit("compare: " + msg)
 
 
-def measure(argv, stdout_path=None, timeout=None):
-    """Runs argv under GNU time; returns (wall seconds, peak RSS bytes, exit status, timed
-    out, stderr). GNU time, not wait4 from here: a child forked from this Python process
-    would count the interpreter's pages in its own peak."""
+def measure(argv, stdout_path=None, timeout=None, mem_limit=None):
+    """Runs argv under GNU time; returns (wall seconds, CPU seconds (user + system), peak RSS
+    bytes, exit status, timed out, stderr). GNU time, not wait4 from here: a child forked from this Python process
+    would count the interpreter's pages in its own peak. `mem_limit` caps the address space
+    (RLIMIT_AS) so a peer cannot push the machine out of memory."""
     out = open(stdout_path or os.devnull, "wb")
     err = tempfile.TemporaryFile()
     rss_file = tempfile.NamedTemporaryFile(prefix="compare-rss-", delete=False)
     rss_file.close()
     t0 = time.monotonic()
-    proc = subprocess.Popen([TIME, "-f", "%M", "-o", rss_file.name, "--"] + argv, stdout=out,
-                            stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+    limit = None
+    if mem_limit:
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+    proc = subprocess.Popen([TIME, "-f", "%U %S %M", "-o", rss_file.name, "--"] + argv,
+                            stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=limit)
     try:
         proc.wait(timeout=timeout)
         timed_out = False
@@ -72,8 +82,11 @@ def measure(argv, stdout_path=None, timeout=None):
     with open(rss_file.name) as f:
         lines = f.read().split()
     os.unlink(rss_file.name)
-    rss = int(lines[-1]) * 1024 if lines and lines[-1].isdigit() else 0
-    return wall, rss, proc.returncode, timed_out, text
+    try:
+        cpu, rss = float(lines[-3]) + float(lines[-2]), int(lines[-1]) * 1024
+    except (IndexError, ValueError):
+        cpu, rss = 0.0, 0
+    return wall, cpu, rss, proc.returncode, timed_out, text
 
 
 def machine():
@@ -125,7 +138,7 @@ def run_capture(name, path, args, binary, tmp):
     if s.returncode != 0:
         die("tcpstate summary failed on %s: %s" % (path, s.stderr.strip()))
     conns = json.loads(s.stdout)["connections"]
-    _, base, rc, _, err = measure([binary, "conns", "-q", "--format", "json", "-r", TINY])
+    _, _, base, rc, _, err = measure([binary, "conns", "-q", "--format", "json", "-r", TINY])
     if rc != 0:
         die("tcpstate failed on %s: %s" % (TINY, err.strip()))
 
@@ -143,40 +156,46 @@ def run_capture(name, path, args, binary, tmp):
     results = {label: [] for label, *_ in fast}
     for _ in range(args.runs):
         for label, argv, stdout, _ in fast:
-            wall, rss, rc, _, err = measure(argv, stdout)
+            wall, cpu, rss, rc, _, err = measure(argv, stdout)
             if rc != 0:
                 die("%s exited %d on %s: %s" % (argv[0], rc, path, err.strip()[-300:]))
-            results[label].append((wall, rss))
+            results[label].append((wall, cpu, rss))
     rows = []
     for label, argv, _, ours in fast:
-        walls = [w for w, _ in results[label]]
-        rows.append((label, statistics.median(walls), max(r for _, r in results[label]), ours,
-                     len(walls), ""))
+        runs = results[label]
+        rows.append((label, statistics.median(w for w, _, _ in runs),
+                     statistics.median(c for _, c, _ in runs), max(r for _, _, r in runs), ours,
+                     len(runs), ""))
     if not args.no_peers:
         peers = [("tshark -q -z conv,tcp", ["tshark", "-q", "-z", "conv,tcp", "-r", path]),
                  ("tcptrace -n", ["tcptrace", "-n", path])]
         for label, argv in peers:
             if shutil.which(argv[0]) is None:
-                rows.append((label, None, None, False, 0, "not installed"))
+                rows.append((label, None, None, None, False, 0, "not installed"))
                 continue
-            wall, rss, rc, timed_out, err = measure(argv, out, args.peer_timeout)
+            wall, cpu, rss, rc, timed_out, err = measure(argv, out, args.peer_timeout,
+                                                         int(args.peer_mem_limit * 2**30))
             note = ""
             if timed_out:
                 note = "killed after %g s" % args.peer_timeout
             elif rc != 0:
-                note = "exit %d: %s" % (rc, err.strip().splitlines()[-1:] or "")
-            rows.append((label, wall, rss, False, 1, note))
-    floor = rows[1][1]
+                last = (err.strip().splitlines() or [""])[-1][:80]
+                note = "exit %d under the %g GiB address-space limit: %s" % (
+                    rc, args.peer_mem_limit, last)
+            rows.append((label, wall, cpu, rss, False, 1, note))
+    floor, floor_cpu = rows[1][1], rows[1][2]
     return {"name": name, "path": path, "size": size, "packets": packets, "conns": conns,
-            "base": base, "rows": rows, "floor": floor}
+            "base": base, "rows": rows, "floor": floor, "floor_cpu": floor_cpu,
+            "load": os.getloadavg()[0]}
 
 
 def table(res, markdown):
-    head = ["what", "runs", "median wall s", "packets/s", "peak MB", "x floor", "B/conn"]
+    head = ["what", "runs", "median wall s", "median CPU s", "packets/s", "peak MB", "x floor",
+            "x floor (CPU)", "B/conn"]
     lines = []
-    for label, wall, rss, ours, runs, note in res["rows"]:
+    for label, wall, cpu, rss, ours, runs, note in res["rows"]:
         if wall is None:
-            cells = [label, "0", "", "", "", "", note]
+            cells = [label, "0", "", "", "", "", "", "", note]
         else:
             per_conn = ""
             if ours and res["conns"]:
@@ -186,8 +205,10 @@ def table(res, markdown):
             peak = "%.1f" % (rss / 1e6)
             if note:  # killed or failed: no rate, no peak worth showing
                 wall_s, rate, peak = ">" + wall_s, "", ""
-            cells = [label, str(runs), wall_s, rate, peak, "%.1f" % (wall / res["floor"]),
-                     " ".join(x for x in (per_conn, note) if x)]
+            cpu_s = "%.2f" % cpu if cpu < 10 else "%.1f" % cpu
+            cpu_x = "%.1f" % (cpu / res["floor_cpu"]) if res["floor_cpu"] else ""
+            cells = [label, str(runs), wall_s, cpu_s, rate, peak, "%.1f" % (wall / res["floor"]),
+                     cpu_x, " ".join(x for x in (per_conn, note) if x)]
         lines.append(cells)
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -206,6 +227,8 @@ def main():
                     help="comma-separated capture names (FILE.pcap in --captures)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--peer-timeout", type=float, default=900)
+    ap.add_argument("--peer-mem-limit", type=float, default=12,
+                    help="GiB of address space for tshark and tcptrace (RLIMIT_AS)")
     ap.add_argument("--no-peers", action="store_true", help="skip tshark and tcptrace")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--markdown", action="store_true")
@@ -233,11 +256,13 @@ def main():
     print("command: %s" % cmd.strip())
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in paths:
+            load_before = os.getloadavg()[0]
             res = run_capture(name, path, args, args.binary, tmp)
             print()
-            line = ("%s.pcap: %d packets, %.0f MB, %d connections; tcpstate base %.1f MB"
+            line = ("%s.pcap: %d packets, %.0f MB, %d connections; tcpstate base %.1f MB; "
+                    "load average %.2f before, %.2f after"
                     % (name, res["packets"], res["size"] / 1e6, res["conns"],
-                       res["base"] / 1e6))
+                       res["base"] / 1e6, load_before, res["load"]))
             print(("**%s**" % line) if args.markdown else line)
             if args.markdown:
                 print()
