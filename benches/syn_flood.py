@@ -69,7 +69,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--syns", type=int, default=2_000_000)
     ap.add_argument("--limits", default="10000,100000")
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "tcpstate"))
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    ap.add_argument("--binary", default=os.path.join(target, "release", "tcpstate"))
     args = ap.parse_args()
     if not os.path.exists(args.binary):
         sys.exit("build first: cargo build --release")
