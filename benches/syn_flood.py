@@ -19,19 +19,36 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_flood(path, n):
+def write_flood(path, n, answer_every=0):
+    """N SYNs from distinct sources in 127.0.0.0/8 to 10.0.0.2:80, 10 us apart; with
+    answer_every K > 0, every Kth SYN gets a SYN-ACK from the server 5 us later."""
     dst = bytes([10, 0, 0, 2])
+    ip_hdr = struct.Struct("!BBHHHBBH4s4s")
+    tcp_hdr = struct.Struct("!HHIIBBHHH")
+    rec_hdr = struct.Struct("<IIII")
+    eth = b"\0" * 12 + b"\x08\x00"
+
+    def frame(src, dst_, sport, dport, seq, ack, flags):
+        ip = ip_hdr.pack(0x45, 0, 40, 0, 0x4000, 64, 6, 0, src, dst_)
+        tcp = tcp_hdr.pack(sport, dport, seq, ack, 0x50, flags, 65000, 0, 0)
+        return eth + ip + tcp
+
     with open(path, "wb") as out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
         for i in range(n):
             src = bytes([127, (i >> 16) & 255, (i >> 8) & 255, i & 255])
-            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0, src, dst)
-            tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 80, (i * 7919) & 0xFFFFFFFF,
-                              0, 0x50, 0x02, 65000, 0, 0)
-            frame = b"\0" * 12 + b"\x08\x00" + ip + tcp
+            sport = 1024 + i % 60000
+            isn = (i * 7919) & 0xFFFFFFFF
+            f = frame(src, dst, sport, 80, isn, 0, 0x02)
             t = 1767225600_000000 + i * 10  # 100,000 SYNs per second
-            out.write(struct.pack("<IIII", t // 1000000, t % 1000000, len(frame), len(frame)))
-            out.write(frame)
+            out.write(rec_hdr.pack(t // 1000000, t % 1000000, len(f), len(f)))
+            out.write(f)
+            if answer_every and i % answer_every == 0:
+                f = frame(dst, src, 80, sport, (i * 104729) & 0xFFFFFFFF,
+                          (isn + 1) & 0xFFFFFFFF, 0x12)
+                t += 5
+                out.write(rec_hdr.pack(t // 1000000, t % 1000000, len(f), len(f)))
+                out.write(f)
 
 
 def run(binary, path, extra):
@@ -52,7 +69,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--syns", type=int, default=2_000_000)
     ap.add_argument("--limits", default="10000,100000")
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "tcpstate"))
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    ap.add_argument("--binary", default=os.path.join(target, "release", "tcpstate"))
     args = ap.parse_args()
     if not os.path.exists(args.binary):
         sys.exit("build first: cargo build --release")
