@@ -705,14 +705,14 @@ impl ConnsStream {
         if conns.is_empty() {
             return ControlFlow::Continue(());
         }
-        let rows: Vec<_> = conns.iter().map(|c| summarize(c, end)).collect();
         let (csv, header) = (self.csv, !self.header_written);
         self.header_written = true;
         self.stream.write(|out| {
             if csv {
+                let rows: Vec<_> = conns.iter().map(|c| summarize(c, end)).collect();
                 report::write_csv_rows(out, &rows, header)
             } else {
-                report::write_json_lines(out, &rows)
+                report::json::write_records_json_lines(out, conns, end)
             }
         })
     }

@@ -70,6 +70,16 @@ pub struct ConnSummary {
 }
 
 pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
+    ConnSummary {
+        client: c.end(Side::Client).addr.to_string(),
+        server: c.end(Side::Server).addr.to_string(),
+        ..summarize_without_addrs(c, end_of_capture)
+    }
+}
+
+/// `summarize` with `client` and `server` left empty (no allocation), for writers that
+/// format the addresses from the record themselves: two `String`s per row add up.
+pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let client = c.end(Side::Client);
     let server = c.end(Side::Server);
     let end = c
@@ -105,8 +115,8 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let handshake = c.handshake();
     ConnSummary {
         id: c.id,
-        client: client.addr.to_string(),
-        server: server.addr.to_string(),
+        client: String::new(),
+        server: String::new(),
         direction_guessed: c.direction_guessed,
         partial: c.partial,
         evicted: c.evicted_at.is_some(),

@@ -4,6 +4,7 @@ pub mod conns;
 pub mod diagnose;
 pub mod events;
 pub mod explain;
+pub mod json;
 pub mod packet;
 pub mod states;
 pub mod top;

@@ -1,0 +1,481 @@
+//! A hand-written JSON line writer for `conns` rows.
+//!
+//! serde_json through `&mut dyn Write` spent about half of a large `conns --format json` run
+//! on per-key escaping and ~27 small writes per row. Here keys are constant bytes, each row
+//! goes into a reused buffer, and the buffer is written in large chunks. The text is
+//! byte-identical to `serde_json::to_string(&row)` (tests below and in `tests/json_writer.rs`
+//! hold it to that): same field order, same number formatters (itoa, zmij), same escapes.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use crate::analysis::{ConnSummary, summarize_without_addrs};
+use crate::decode::SockAddr;
+use crate::flow::Connection;
+use crate::flow::conn::Side;
+use crate::time::Ts;
+
+/// Chunk size handed to the writer: at least the 64 KB of the output's `BufWriter`, so a
+/// chunk goes straight through instead of being copied again.
+const CHUNK: usize = 64 * 1024;
+
+/// One JSON object per line, like `write_json_lines`, for connection rows.
+pub fn write_conn_json_lines(out: &mut dyn Write, rows: &[ConnSummary]) -> io::Result<()> {
+    let mut w = RowWriter::with_capacity(rows.len().saturating_mul(800).min(CHUNK + 4096));
+    for r in rows {
+        w.conn_row(r, Addr::Text(&r.client), Addr::Text(&r.server));
+        w.flush_if_full(out)?;
+    }
+    w.flush(out)
+}
+
+/// The same lines straight from the records: no `ConnSummary` rows kept, and no address
+/// `String`s made (the addresses are formatted into the buffer).
+pub fn write_records_json_lines(
+    out: &mut dyn Write,
+    conns: &[Connection],
+    end_of_capture: Ts,
+) -> io::Result<()> {
+    let mut w = RowWriter::with_capacity(conns.len().saturating_mul(800).min(CHUNK + 4096));
+    for c in conns {
+        let r = summarize_without_addrs(c, end_of_capture);
+        let (client, server) = (c.end(Side::Client).addr, c.end(Side::Server).addr);
+        w.conn_row(&r, Addr::Sock(client), Addr::Sock(server));
+        w.flush_if_full(out)?;
+    }
+    w.flush(out)
+}
+
+/// An address as the row writer takes it: text already made, or a socket address to format
+/// straight into the buffer (saves two `String`s per row).
+#[derive(Clone, Copy, Debug)]
+pub enum Addr<'a> {
+    Text(&'a str),
+    Sock(SockAddr),
+}
+
+/// Builds JSON lines in a reused buffer.
+pub struct RowWriter {
+    buf: Vec<u8>,
+    float: zmij::Buffer,
+    int: itoa::Buffer,
+}
+
+impl Default for RowWriter {
+    fn default() -> Self {
+        RowWriter::with_capacity(0)
+    }
+}
+
+impl RowWriter {
+    pub fn with_capacity(n: usize) -> RowWriter {
+        RowWriter {
+            buf: Vec::with_capacity(n),
+            float: zmij::Buffer::new(),
+            int: itoa::Buffer::new(),
+        }
+    }
+
+    /// The lines built so far, not yet written.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Writes out the lines once a chunk's worth has built up.
+    pub fn flush_if_full(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        if self.buf.len() >= CHUNK {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends `r` as one line, in the struct's declaration order (serde's), with the
+    /// addresses given (`r.client` and `r.server` are not read).
+    pub fn conn_row(&mut self, r: &ConnSummary, client: Addr<'_>, server: Addr<'_>) {
+        self.raw(b"{\"id\":");
+        self.uint(r.id);
+        self.raw(b",\"client\":");
+        self.addr(client);
+        self.raw(b",\"server\":");
+        self.addr(server);
+        self.raw(b",\"direction_guessed\":");
+        self.bool(r.direction_guessed);
+        self.raw(b",\"partial\":");
+        self.bool(r.partial);
+        self.raw(b",\"evicted\":");
+        self.bool(r.evicted);
+        self.raw(b",\"expired\":");
+        self.bool(r.expired);
+        self.raw(b",\"start\":");
+        self.f64(r.start);
+        self.raw(b",\"end\":");
+        self.f64(r.end);
+        self.raw(b",\"duration\":");
+        self.f64(r.duration);
+        self.raw(b",\"client_state\":");
+        self.str(r.client_state);
+        self.raw(b",\"server_state\":");
+        self.str(r.server_state);
+        self.raw(b",\"client_state_inferred\":");
+        self.bool(r.client_state_inferred);
+        self.raw(b",\"server_state_inferred\":");
+        self.bool(r.server_state_inferred);
+        self.raw(b",\"handshake\":");
+        self.str(r.handshake);
+        self.raw(b",\"syn_to_synack\":");
+        self.opt_f64(r.syn_to_synack);
+        self.raw(b",\"synack_to_ack\":");
+        self.opt_f64(r.synack_to_ack);
+        self.raw(b",\"handshake_time\":");
+        self.opt_f64(r.handshake_time);
+        self.raw(b",\"syn_retransmits\":");
+        self.uint(r.syn_retransmits);
+        self.raw(b",\"synack_retransmits\":");
+        self.uint(r.synack_retransmits);
+        self.raw(b",\"first_closer\":");
+        self.opt_str(r.first_closer);
+        self.raw(b",\"first_fin_time\":");
+        self.opt_f64(r.first_fin_time);
+        self.raw(b",\"half_close_duration\":");
+        self.opt_f64(r.half_close_duration);
+        self.raw(b",\"half_close_open_at_end\":");
+        self.bool(r.half_close_open_at_end);
+        self.raw(b",\"reset_by\":");
+        self.opt_str(r.reset_by);
+        self.raw(b",\"reset_time\":");
+        self.opt_f64(r.reset_time);
+        self.raw(b",\"reset_sender_state\":");
+        self.opt_str(r.reset_sender_state);
+        self.raw(b",\"reset_receiver_state\":");
+        self.opt_str(r.reset_receiver_state);
+        self.raw(b",\"client_time_wait_start\":");
+        self.opt_f64(r.client_time_wait_start);
+        self.raw(b",\"client_time_wait_duration\":");
+        self.opt_f64(r.client_time_wait_duration);
+        self.raw(b",\"client_time_wait_end\":");
+        self.opt_str(r.client_time_wait_end);
+        self.raw(b",\"server_time_wait_start\":");
+        self.opt_f64(r.server_time_wait_start);
+        self.raw(b",\"server_time_wait_duration\":");
+        self.opt_f64(r.server_time_wait_duration);
+        self.raw(b",\"server_time_wait_end\":");
+        self.opt_str(r.server_time_wait_end);
+        self.raw(b",\"client_packets\":");
+        self.uint(r.client_packets);
+        self.raw(b",\"server_packets\":");
+        self.uint(r.server_packets);
+        self.raw(b",\"client_bytes\":");
+        self.uint(r.client_bytes);
+        self.raw(b",\"server_bytes\":");
+        self.uint(r.server_bytes);
+        self.raw(b",\"fin_retransmits\":");
+        self.uint(r.fin_retransmits);
+        self.raw(b",\"rst_out_of_window\":");
+        self.uint(r.rst_out_of_window);
+        self.raw(b",\"rst_in_window_not_exact\":");
+        self.uint(r.rst_in_window_not_exact);
+        self.raw(b",\"unexplained_segments\":");
+        self.uint(r.unexplained_segments);
+        self.raw(b",\"packets_after_close\":");
+        self.uint(r.packets_after_close);
+        self.raw(b"}\n");
+    }
+
+    #[inline]
+    fn raw(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    #[inline]
+    fn uint<I: itoa::Integer>(&mut self, n: I) {
+        let s = self.int.format(n);
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+
+    #[inline]
+    fn bool(&mut self, b: bool) {
+        self.raw(if b { b"true" } else { b"false" });
+    }
+
+    /// As serde_json: finite values via zmij (`1.0`, `1e21`), NaN and infinities as `null`.
+    #[inline]
+    fn f64(&mut self, v: f64) {
+        if v.is_finite() {
+            let s = self.float.format_finite(v);
+            self.buf.extend_from_slice(s.as_bytes());
+        } else {
+            self.raw(b"null");
+        }
+    }
+
+    #[inline]
+    fn opt_f64(&mut self, v: Option<f64>) {
+        match v {
+            Some(v) => self.f64(v),
+            None => self.raw(b"null"),
+        }
+    }
+
+    #[inline]
+    fn opt_str(&mut self, v: Option<&str>) {
+        match v {
+            Some(s) => self.str(s),
+            None => self.raw(b"null"),
+        }
+    }
+
+    fn str(&mut self, s: &str) {
+        self.buf.push(b'"');
+        escape_into(&mut self.buf, s.as_bytes());
+        self.buf.push(b'"');
+    }
+
+    fn addr(&mut self, a: Addr<'_>) {
+        match a {
+            Addr::Text(s) => self.str(s),
+            Addr::Sock(SockAddr {
+                ip: IpAddr::V4(ip),
+                port,
+            }) => {
+                // The same text as `SockAddr`'s Display, without going through `fmt`.
+                self.buf.push(b'"');
+                for (i, o) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b'.');
+                    }
+                    self.uint(o);
+                }
+                self.buf.push(b':');
+                self.uint(port);
+                self.buf.push(b'"');
+            }
+            Addr::Sock(a) => {
+                // IPv6 text has rules of its own (zero runs, embedded IPv4): leave it to std.
+                // Writing to a Vec cannot fail, and the text needs no escaping.
+                self.buf.push(b'"');
+                let _ = write!(self.buf, "{a}");
+                self.buf.push(b'"');
+            }
+        }
+    }
+}
+
+/// JSON string contents as serde_json writes them: `"` and `\` backslashed, the control
+/// characters below 0x20 as `\b \t \n \f \r` or `\u00XX`; everything else (DEL and non-ASCII
+/// included) as is.
+fn escape_into(buf: &mut Vec<u8>, s: &[u8]) {
+    // Fast path: state names and addresses never need escaping.
+    if !s.iter().any(|&b| needs_escape(b)) {
+        buf.extend_from_slice(s);
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
+        buf.extend_from_slice(&s[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0x08 => buf.extend_from_slice(b"\\b"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            0x0c => buf.extend_from_slice(b"\\f"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+    }
+    buf.extend_from_slice(&s[start..]);
+}
+
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ConnSummary {
+        ConnSummary {
+            id: 7,
+            client: "10.0.0.1:40000".into(),
+            server: "[2001:db8::1]:443".into(),
+            direction_guessed: true,
+            partial: false,
+            evicted: true,
+            expired: false,
+            start: 1_700_000_000.123456,
+            end: 0.0,
+            duration: 1e-7,
+            client_state: "ESTABLISHED",
+            server_state: "TIME_WAIT",
+            client_state_inferred: false,
+            server_state_inferred: true,
+            handshake: "completed",
+            syn_to_synack: Some(1e21),
+            synack_to_ack: Some(123456789.123456),
+            handshake_time: Some(f64::NAN),
+            syn_retransmits: u32::MAX,
+            synack_retransmits: 0,
+            first_closer: Some("client"),
+            first_fin_time: Some(f64::INFINITY),
+            half_close_duration: Some(-0.0),
+            half_close_open_at_end: true,
+            reset_by: Some("a \"quoted\" \\ back\\slash"),
+            reset_time: Some(f64::NEG_INFINITY),
+            reset_sender_state: Some("ctl \u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f} é ✓"),
+            reset_receiver_state: Some(""),
+            client_time_wait_start: Some(f64::MIN_POSITIVE),
+            client_time_wait_duration: Some(f64::MAX),
+            client_time_wait_end: Some("\""),
+            server_time_wait_start: Some(5e-324),
+            server_time_wait_duration: Some(1.0),
+            server_time_wait_end: Some("\\"),
+            client_packets: u64::MAX,
+            server_packets: 1,
+            client_bytes: 0,
+            server_bytes: 1 << 53,
+            fin_retransmits: 3,
+            rst_out_of_window: 4,
+            rst_in_window_not_exact: 5,
+            unexplained_segments: 6,
+            packets_after_close: 7,
+        }
+    }
+
+    fn unset(mut r: ConnSummary) -> ConnSummary {
+        r.syn_to_synack = None;
+        r.synack_to_ack = None;
+        r.handshake_time = None;
+        r.first_closer = None;
+        r.first_fin_time = None;
+        r.half_close_duration = None;
+        r.reset_by = None;
+        r.reset_time = None;
+        r.reset_sender_state = None;
+        r.reset_receiver_state = None;
+        r.client_time_wait_start = None;
+        r.client_time_wait_duration = None;
+        r.client_time_wait_end = None;
+        r.server_time_wait_start = None;
+        r.server_time_wait_duration = None;
+        r.server_time_wait_end = None;
+        r
+    }
+
+    fn ours(rows: &[ConnSummary]) -> String {
+        let mut out = Vec::new();
+        write_conn_json_lines(&mut out, rows).expect("writing to a Vec");
+        String::from_utf8(out).expect("JSON is UTF-8")
+    }
+
+    fn serde(rows: &[ConnSummary]) -> String {
+        rows.iter()
+            .map(|r| serde_json::to_string(r).expect("serializes") + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn hand_built_rows_match_serde_json() {
+        let floats = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.5,
+            1e-7,
+            1e-5,
+            0.1,
+            1e15,
+            1e16,
+            1e21,
+            1e22,
+            123456789.123456,
+            1_700_000_000.000_001,
+            f64::EPSILON,
+            f64::MIN,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        let mut rows = vec![sample(), unset(sample())];
+        for (i, &f) in floats.iter().enumerate() {
+            let mut r = sample();
+            r.id = i as u64;
+            r.start = f;
+            r.end = -f;
+            r.duration = f * 3.0;
+            r.syn_to_synack = Some(f / 7.0);
+            r.reset_time = Some(f);
+            rows.push(r);
+        }
+        assert_eq!(ours(&rows), serde(&rows));
+    }
+
+    #[test]
+    fn escaper_matches_serde_json_for_every_byte() {
+        for b in 0u8..=0x7f {
+            let s = format!("a{}b{}", b as char, b as char);
+            let mut ours = Vec::new();
+            escape_into(&mut ours, s.as_bytes());
+            let serde = serde_json::to_string(&s).expect("serializes");
+            assert_eq!(format!("\"{}\"", String::from_utf8_lossy(&ours)), serde);
+        }
+    }
+
+    #[test]
+    fn socket_addresses_format_as_display() {
+        let addrs = [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.1.20.200:8080",
+            "[::]:0",
+            "[::1]:22",
+            "[2001:db8::1:0:0:1]:443",
+            "[::ffff:192.0.2.1]:80",
+            "[fe80::1]:1",
+        ];
+        for a in addrs {
+            let sock: SockAddr = a.parse().expect("test address");
+            let mut w = RowWriter::default();
+            w.addr(Addr::Sock(sock));
+            let mut t = RowWriter::default();
+            t.addr(Addr::Text(&sock.to_string()));
+            assert_eq!(w.bytes(), t.bytes(), "{a}");
+        }
+    }
+
+    #[test]
+    fn large_batches_are_written_whole() {
+        let rows: Vec<_> = (0..500)
+            .map(|i| {
+                let mut r = if i % 2 == 0 {
+                    sample()
+                } else {
+                    unset(sample())
+                };
+                r.id = i;
+                r
+            })
+            .collect();
+        assert_eq!(ours(&rows), serde(&rows));
+    }
+}
