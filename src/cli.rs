@@ -1162,11 +1162,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .map(|c| summarize(c, end))
                 .collect();
             let start = outcome.first_ts.map(|t| t.as_secs_f64());
-            write_out(|out| match args.format {
-                ConnsFormat::Text => conns::write_table(out, &rows, start),
-                ConnsFormat::Json => report::write_json_lines(out, &rows),
-                ConnsFormat::Csv | ConnsFormat::Zeek => report::write_csv(out, &rows),
-            })?;
+            // Only the text table comes here: the other formats stream (above).
+            write_out(|out| conns::write_table(out, &rows, start))?;
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }

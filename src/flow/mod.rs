@@ -290,12 +290,19 @@ impl FlowTable {
         sink: &mut TransitionSink<'_>,
     ) -> Vec<Connection> {
         let mut all = std::mem::take(&mut self.ended);
-        for mut conn in self.live.drain() {
+        // Consuming the table frees its slots as the records leave it.
+        for mut conn in std::mem::take(&mut self.live) {
             conn.finish(now, cfg, sink);
             all.push(conn);
         }
-        all.sort_by_key(|c| c.id);
-        all
+        // Sort (id, index) pairs and move each record once, not a record per comparison.
+        let mut order: Vec<(u64, usize)> = all.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+        order.sort_unstable();
+        let mut slots: Vec<Option<Connection>> = all.into_iter().map(Some).collect();
+        order
+            .into_iter()
+            .filter_map(|(_, i)| slots.get_mut(i).and_then(Option::take))
+            .collect()
     }
 }
 
