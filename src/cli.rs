@@ -797,6 +797,16 @@ struct IntervalCounts {
 }
 
 impl IntervalCounts {
+    fn write_line(&mut self, counts: &states::IntervalCounts) -> ControlFlow<()> {
+        let (format, header) = (self.format, !self.csv_header_written);
+        self.csv_header_written = true;
+        self.stream.write(|out| match format {
+            Format::Text => states::write_interval_text(out, counts),
+            Format::Json => report::write_json_lines(out, std::slice::from_ref(counts)),
+            Format::Csv => states::write_interval_csv(out, counts, header),
+        })
+    }
+
     fn emit_until(&mut self, engine: &Engine, now: Ts) -> ControlFlow<()> {
         let Some(mut at) = self.next else {
             self.next = Some(now.plus(self.every));
@@ -808,13 +818,7 @@ impl IntervalCounts {
                 .connections()
                 .filter(|c| host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr))));
             let counts = states::interval_counts(conns, at, &engine.cfg);
-            let (format, header) = (self.format, !self.csv_header_written);
-            self.csv_header_written = true;
-            self.stream.write(|out| match format {
-                Format::Text => states::write_interval_text(out, &counts),
-                Format::Json => report::write_json_lines(out, std::slice::from_ref(&counts)),
-                Format::Csv => states::write_interval_csv(out, &counts, header),
-            })?;
+            self.write_line(&counts)?;
             at = at.plus(self.every);
         }
         self.next = Some(at);
@@ -995,12 +999,7 @@ fn run_interval(
                 && host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr)))
         });
         let last = states::interval_counts(tracked, end, &engine_config(&args.input)?);
-        let (format, header) = (counts.format, !counts.csv_header_written);
-        let _ = counts.stream.write(|out| match format {
-            Format::Text => states::write_interval_text(out, &last),
-            Format::Json => report::write_json_lines(out, std::slice::from_ref(&last)),
-            Format::Csv => states::write_interval_csv(out, &last, header),
-        });
+        let _ = counts.write_line(&last);
     }
     counts.stream.finish()?;
     report_counters(args.input.quiet, &outcome, &source_end);

@@ -137,17 +137,12 @@ impl FlowTable {
             conn.on_segment(seg, side, ts, packet, cfg, sink);
             return conn.id;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.counters.connections += 1;
         self.counters.tuple_reuses += 1;
         if conn.ends.iter().any(|e| e.state == TcpState::TimeWait) {
             self.counters.time_wait_reuses += 1;
         }
-        let mut fresh = Connection::new(id, seg, ts);
-        if fresh.partial {
-            self.counters.midstream_pickups += 1;
-        }
+        let mut fresh = new_record(&mut self.next_id, &mut self.counters, seg, ts);
+        let id = fresh.id;
         conn.supersede(ts, packet, cfg, sink);
         fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
         let old = std::mem::replace(conn, fresh);
@@ -170,13 +165,8 @@ impl FlowTable {
         {
             self.evict_least_recent(ts, cfg, sink);
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.counters.connections += 1;
-        let mut conn = Connection::new(id, seg, ts);
-        if conn.partial {
-            self.counters.midstream_pickups += 1;
-        }
+        let mut conn = new_record(&mut self.next_id, &mut self.counters, seg, ts);
+        let id = conn.id;
         conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
         let hasher = &self.hasher;
         self.live
@@ -304,6 +294,17 @@ impl FlowTable {
             .filter_map(|(_, i)| slots.get_mut(i).and_then(Option::take))
             .collect()
     }
+}
+
+/// A new record whose first packet is `seg`, with the next id, counted.
+fn new_record(next_id: &mut u64, counters: &mut FlowCounters, seg: &Segment, ts: Ts) -> Connection {
+    let conn = Connection::new(*next_id, seg, ts);
+    *next_id += 1;
+    counters.connections += 1;
+    if conn.partial {
+        counters.midstream_pickups += 1;
+    }
+    conn
 }
 
 /// Does this packet open a new connection on a 4-tuple that has a record?
