@@ -530,6 +530,8 @@ trait Watcher {
     fn on_tick(&mut self, _engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
         ControlFlow::Continue(())
     }
+    /// Once, after the last packet and before the engine finishes.
+    fn at_end(&mut self, _engine: &mut Engine) {}
 }
 
 /// Commands that report only at the end.
@@ -635,7 +637,9 @@ fn run_engine(
             (flow, numbers)
         },
     )?;
-    Ok((engine.into_inner().finish(), end))
+    let mut engine = engine.into_inner();
+    watcher.into_inner().at_end(&mut engine);
+    Ok((engine.finish(), end))
 }
 
 /// Standard output for records written while reading: buffered, and flushed after every
@@ -1030,6 +1034,10 @@ impl Watcher for TopWatcher {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        // A file gets no ticks: its one frame is the end of the file.
+        self.feed.tick(engine, CaptureDrops::default());
     }
 }
 
