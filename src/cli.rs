@@ -817,20 +817,35 @@ impl IntervalCounts {
             return ControlFlow::Continue(());
         };
         while at <= now {
-            let host = self.host;
-            let conns = engine
-                .connections()
-                .filter(|c| host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr))));
-            let counts = states::interval_counts(conns, at, &engine.cfg);
+            let counts = self.counts_at(engine, at);
             self.write_line(&counts)?;
             at = at.plus(self.every);
         }
         self.next = Some(at);
         ControlFlow::Continue(())
     }
+
+    /// The counts over the connections tracked now (of `--host`), with timers run to `at`.
+    fn counts_at(&self, engine: &Engine, at: Ts) -> states::IntervalCounts {
+        let host = self.host;
+        let conns = engine
+            .connections()
+            .filter(|c| host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr))));
+        states::interval_counts(conns, at, &engine.cfg)
+    }
 }
 
 impl Watcher for IntervalCounts {
+    /// The last line: the end of the input, unless a line already covered it.
+    fn at_end(&mut self, engine: &mut Engine) {
+        if let (Some(end), Some(next)) = (engine.now(), self.next)
+            && end > Ts(next.0.saturating_sub(self.every.0))
+        {
+            let counts = self.counts_at(engine, end);
+            let _ = self.write_line(&counts);
+        }
+    }
+
     fn before_packet(&mut self, engine: &mut Engine, ts: Ts) -> ControlFlow<()> {
         // Boundaries before this packet are counted without it.
         let now = engine.now().map_or(ts, |c| c.max(ts));
@@ -992,19 +1007,6 @@ fn run_interval(
         host,
     };
     let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut counts)?;
-    // The last line: the end of the capture, over the connections still tracked then.
-    if let Some(end) = outcome.end_ts
-        && counts.next.is_some()
-    {
-        let tracked = outcome.connections.iter().filter(|c| {
-            c.superseded_at.is_none()
-                && c.evicted_at.is_none()
-                && c.expired_at.is_none()
-                && host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr)))
-        });
-        let last = states::interval_counts(tracked, end, &engine_config(&args.input)?);
-        let _ = counts.write_line(&last);
-    }
     counts.stream.finish()?;
     report_counters(args.input.quiet, &outcome, &source_end);
     finish_status(source_end.fault)
