@@ -2,8 +2,10 @@
 //! packet on a known 4-tuple starts a new connection instead.
 
 pub mod conn;
+mod slab;
 
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
@@ -11,6 +13,7 @@ use crate::decode::{Segment, SockAddr, flags};
 use crate::tcp::TcpState;
 use crate::time::{Dur, Ts};
 pub use conn::{Connection, EngineConfig, IdleTimeouts, Side, TransitionSink};
+use slab::{Slab, SlotId};
 
 /// A 4-tuple in canonical order (lower address:port first), so both directions meet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,6 +23,28 @@ impl FlowKey {
     pub fn new(a: SockAddr, b: SockAddr) -> FlowKey {
         if a <= b { FlowKey(a, b) } else { FlowKey(b, a) }
     }
+}
+
+/// The same hash for both directions of a 4-tuple, from integers rather than `IpAddr`'s
+/// derived ordering and hashing (byte by byte), which cost more than the rest of the lookup.
+/// Symmetric, so `--threads` can also shard by it.
+fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u64 {
+    fn bits(s: SockAddr) -> (u128, u16) {
+        match s.ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), s.port),
+            IpAddr::V6(v6) => (u128::from(v6), s.port),
+        }
+    }
+    let (x, y) = (bits(a), bits(b));
+    let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
+    let ports = (u32::from(lo.1) << 16) | u32::from(hi.1);
+    hasher.hash_one((lo.0, hi.0, ports, a.ip.is_ipv6()))
+}
+
+/// Is `conn` the record of the 4-tuple (a, b), in either direction?
+fn holds(conn: &Connection, a: SockAddr, b: SockAddr) -> bool {
+    let (c, s) = (conn.ends[0].addr, conn.ends[1].addr);
+    (c == a && s == b) || (c == b && s == a)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,10 +80,13 @@ const FLOOD_SERVERS_KEPT: usize = 4096;
 
 #[derive(Default)]
 pub struct FlowTable {
-    /// The live records, found by the hash of their 4-tuple. The key is not stored: each
-    /// record holds its two addresses, and a slot is one record, not a key and a record.
-    /// foldhash with a random seed: fast, and keys an attacker chooses do not collide at will.
-    live: HashTable<Connection>,
+    /// The live records, in chunks that never move: memory follows the connections alive at
+    /// once, and growing the index moves no records.
+    records: Slab,
+    /// Slot of each live record, found by the hash of its 4-tuple (4 bytes a bucket; the key
+    /// is the record's own addresses). foldhash with a random seed: fast, and keys an
+    /// attacker chooses do not collide at will.
+    index: HashTable<SlotId>,
     hasher: DefaultHashBuilder,
     /// Records that have ended (superseded by a reuse of their 4-tuple, over for 2MSL,
     /// expired or evicted), in the order they ended, until someone takes them.
@@ -80,22 +108,46 @@ impl FlowTable {
     }
 
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.records.len() == 0
     }
 
     /// The connections being tracked now, in no particular order.
     pub fn live(&self) -> impl Iterator<Item = &Connection> {
-        self.live.iter()
+        self.records.iter().map(|(_, c)| c)
     }
 
     /// The live record on `key`.
     pub fn find(&self, key: FlowKey) -> Option<&Connection> {
-        self.live
-            .find(self.hasher.hash_one(key), |c| c.key() == key)
+        let hash = tuple_hash(&self.hasher, key.0, key.1);
+        let records = &self.records;
+        self.index
+            .find(hash, |&slot| holds(records.get(slot), key.0, key.1))
+            .map(|&slot| records.get(slot))
+    }
+
+    /// Takes the record in `slot` out of the table.
+    fn remove(&mut self, slot: SlotId) -> Connection {
+        let conn = self.records.remove(slot);
+        let hash = tuple_hash(&self.hasher, conn.ends[0].addr, conn.ends[1].addr);
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
+            entry.remove();
+        }
+        conn
+    }
+
+    /// Takes out every record `pick` chooses.
+    fn remove_where(&mut self, mut pick: impl FnMut(&Connection) -> bool) -> Vec<Connection> {
+        let slots: Vec<SlotId> = self
+            .records
+            .iter()
+            .filter(|(_, c)| pick(c))
+            .map(|(slot, _)| slot)
+            .collect();
+        slots.into_iter().map(|slot| self.remove(slot)).collect()
     }
 
     pub fn has_ended(&self) -> bool {
@@ -117,21 +169,23 @@ impl FlowTable {
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
     ) -> u64 {
-        let key = FlowKey::new(seg.src, seg.dst);
         self.sweep_if_due(ts, cfg, sink);
-        let hash = self.hasher.hash_one(key);
-        let entry = match self.live.find_entry(hash, |c| c.key() == key) {
-            Ok(entry) => entry,
-            Err(_) => return self.insert_new(hash, seg, ts, packet, cfg, sink),
+        let hash = tuple_hash(&self.hasher, seg.src, seg.dst);
+        let records = &self.records;
+        let Some(&slot) = self
+            .index
+            .find(hash, |&slot| holds(records.get(slot), seg.src, seg.dst))
+        else {
+            return self.insert_new(hash, seg, ts, packet, cfg, sink);
         };
         // A record past its deadline ends now, whether or not a sweep has come by, so that
         // results never depend on when sweeps happen.
-        if ts > entry.get().idle_deadline(cfg) {
-            let (conn, _) = entry.remove();
+        if ts > self.records.get(slot).idle_deadline(cfg) {
+            let conn = self.remove(slot);
             self.end_idle(conn, cfg, sink);
             return self.insert_new(hash, seg, ts, packet, cfg, sink);
         }
-        let conn = entry.into_mut();
+        let conn = self.records.get_mut(slot);
         let side = conn.side_of(seg.src);
         if !starts_new_connection(conn, seg, side, ts, cfg) {
             conn.on_segment(seg, side, ts, packet, cfg, sink);
@@ -161,16 +215,19 @@ impl FlowTable {
         sink: &mut TransitionSink<'_>,
     ) -> u64 {
         if let Some(max) = cfg.max_conns
-            && self.live.len() >= max.max(1)
+            && self.records.len() >= max.max(1)
         {
             self.evict_least_recent(ts, cfg, sink);
         }
         let mut conn = new_record(&mut self.next_id, &mut self.counters, seg, ts);
         let id = conn.id;
         conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
-        let hasher = &self.hasher;
-        self.live
-            .insert_unique(hash, conn, |c| hasher.hash_one(c.key()));
+        let slot = self.records.insert(conn);
+        let (hasher, records) = (&self.hasher, &self.records);
+        self.index.insert_unique(hash, slot, |&s| {
+            let c = records.get(s);
+            tuple_hash(hasher, c.ends[0].addr, c.ends[1].addr)
+        });
         id
     }
 
@@ -180,14 +237,13 @@ impl FlowTable {
     fn evict_least_recent(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
         // The batch-th least recent (activity time, id) is the cut-off; only those pairs are
         // copied to find it. The id breaks ties, so the same connections go in every run.
-        let mut ages: Vec<(Ts, u64)> = self.live.iter().map(|c| (c.last, c.id)).collect();
+        let mut ages: Vec<(Ts, u64)> = self.live().map(|c| (c.last, c.id)).collect();
         let batch = (ages.len() / 8).max(1);
         if ages.is_empty() {
             return;
         }
         let cutoff = *ages.select_nth_unstable(batch - 1).1;
-        let mut evicted: Vec<Connection> =
-            self.live.extract_if(|c| (c.last, c.id) <= cutoff).collect();
+        let mut evicted = self.remove_where(|c| (c.last, c.id) <= cutoff);
         evicted.sort_by_key(|c| (c.last, c.id));
         for mut conn in evicted {
             conn.advance_time(now, cfg, sink);
@@ -243,8 +299,8 @@ impl FlowTable {
         let interval = Dur(shortest.0 / 8).clamp(Dur::from_millis(1000), Dur::from_millis(10_000));
         self.next_sweep = Some(now.plus(interval));
         let mut idle: Vec<(Ts, Connection)> = self
-            .live
-            .extract_if(|c| now > c.idle_deadline(cfg))
+            .remove_where(|c| now > c.idle_deadline(cfg))
+            .into_iter()
             .map(|c| (c.idle_deadline(cfg), c))
             .collect();
         // The table's order is a random hash order: end them in deadline order, so that every
@@ -280,8 +336,9 @@ impl FlowTable {
         sink: &mut TransitionSink<'_>,
     ) -> Vec<Connection> {
         let mut all = std::mem::take(&mut self.ended);
-        // Consuming the table frees its slots as the records leave it.
-        for mut conn in std::mem::take(&mut self.live) {
+        self.index = HashTable::new();
+        // Consuming the chunks frees them as the records leave.
+        for mut conn in std::mem::take(&mut self.records).into_records() {
             conn.finish(now, cfg, sink);
             all.push(conn);
         }
