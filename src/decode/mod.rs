@@ -204,9 +204,7 @@ fn plain_ip_tcp(
     const AUTH: u8 = 51;
     match ip.first().map(|b| b >> 4) {
         Some(4) if ip.len() >= 20 && ip[9] != AUTH => {
-            let Some(h) = ip.first_chunk::<20>() else {
-                return None;
-            };
+            let h = ip.first_chunk::<20>()?;
             let be16 = |at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
             let addr4 = |at: usize| Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
             let header_len = usize::from(h[0] & 0xf) * 4;
@@ -245,9 +243,7 @@ fn plain_ip_tcp(
             ))
         }
         Some(6) if ip.len() >= 40 && ip[6] == TCP => {
-            let Some(h) = ip.first_chunk::<40>() else {
-                return None;
-            };
+            let h = ip.first_chunk::<40>()?;
             let addr6 = |at: usize| {
                 let mut b = [0u8; 16];
                 b.copy_from_slice(&h[at..at + 16]);
