@@ -419,15 +419,13 @@ impl Connection {
     /// When tracking of this connection ends if no packet comes before: 2MSL after its last
     /// packet once it is over, else the idle timeout of its most open endpoint.
     pub fn idle_deadline(&self, cfg: &EngineConfig) -> Ts {
-        let longest = self
-            .ends
-            .iter()
-            .filter_map(|e| cfg.idle.for_state(e.state))
-            .max();
-        match longest {
-            Some(timeout) if !self.is_over() => self.last.plus(timeout),
-            _ => self.last.plus(cfg.time_wait),
-        }
+        let [a, b] = [self.ends[0].state, self.ends[1].state];
+        let longest = match (cfg.idle.for_state(a), cfg.idle.for_state(b)) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        // A side with a timeout is not CLOSED, TIME_WAIT or LISTEN: the connection is not over.
+        self.last.plus(longest.unwrap_or(cfg.time_wait))
     }
 
     /// The side whose FIN came first, if any.
@@ -516,6 +514,14 @@ impl Connection {
 
     /// Runs the timers up to `now`: TIME_WAIT expiry and handshake give-up.
     pub fn advance_time(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
+        // Most packets find no timer running (this runs for every packet).
+        if !self
+            .ends
+            .iter()
+            .any(|e| matches!(e.state, TimeWait | SynSent | SynRecv))
+        {
+            return;
+        }
         let sides: &[Side] = if self.self_connected {
             &[Side::Client]
         } else {
