@@ -532,6 +532,11 @@ trait Watcher {
     }
     /// Once, after the last packet and before the engine finishes.
     fn at_end(&mut self, _engine: &mut Engine) {}
+    /// The records still held when the engine finishes, one at a time in id order. A watcher
+    /// that writes them returns `None`; what it returns is kept in `Outcome::connections`.
+    fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
+        Some(conn)
+    }
 }
 
 /// Commands that report only at the end.
@@ -638,8 +643,12 @@ fn run_engine(
         },
     )?;
     let mut engine = engine.into_inner();
-    watcher.into_inner().at_end(&mut engine);
-    Ok((engine.finish(), end))
+    let watcher = watcher.into_inner();
+    watcher.at_end(&mut engine);
+    let mut kept = Vec::new();
+    let mut outcome = engine.finish_each(|conn| kept.extend(watcher.at_finish(conn)));
+    outcome.connections = kept;
+    Ok((outcome, end))
 }
 
 /// Standard output for records written while reading: buffered, and flushed after every
@@ -702,9 +711,25 @@ struct ConnsStream {
     stream: Stream,
     csv: bool,
     header_written: bool,
+    /// Records handed over at the finish, written a batch at a time.
+    batch: Vec<Connection>,
+    /// The end of the capture (or `--at`), once the input is over.
+    end: Ts,
 }
 
 impl ConnsStream {
+    /// Records written together at the finish: enough for large writes, few enough to hold.
+    const BATCH: usize = 256;
+
+    /// Writes the records held back from the finish.
+    fn write_batch(&mut self) -> ControlFlow<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let flow = self.write_rows(&batch, self.end);
+        self.batch = batch;
+        self.batch.clear();
+        flow
+    }
+
     fn write_rows(&mut self, conns: &[Connection], end: Ts) -> ControlFlow<()> {
         if conns.is_empty() {
             return ControlFlow::Continue(());
@@ -732,6 +757,18 @@ impl Watcher for ConnsStream {
     }
     fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
         self.after_packet(engine)
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        // What ended with the last packet, then the rest in id order from `at_finish`.
+        let _ = self.after_packet(engine);
+        self.end = engine.end_time().unwrap_or_default();
+    }
+    fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
+        self.batch.push(conn);
+        if self.batch.len() >= Self::BATCH {
+            let _ = self.write_batch();
+        }
+        None
     }
 }
 
@@ -1148,10 +1185,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 stream: Stream::new(args.input.streams_in()),
                 csv: args.format == ConnsFormat::Csv,
                 header_written: false,
+                batch: Vec::new(),
+                end: Ts::default(),
             };
             let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut streaming)?;
-            let end = outcome.end_ts.unwrap_or_default();
-            let _ = streaming.write_rows(&outcome.connections, end);
+            let _ = streaming.write_batch();
             if streaming.csv && !streaming.header_written {
                 let none: [crate::analysis::ConnSummary; 0] = [];
                 let _ = streaming

@@ -274,29 +274,40 @@ impl Engine {
         }
     }
 
+    /// Where the report's clock stops: `--at`, or the last packet.
+    pub fn end_time(&self) -> Option<Ts> {
+        self.stop_after.or(self.clock)
+    }
+
     /// Ends the run: timers advance to the end time (`--at`, or the last packet).
     pub fn finish(self) -> Outcome {
-        let end = match (self.stop_after, self.clock) {
-            (Some(at), _) => Some(at),
-            (None, c) => c,
-        };
+        let mut connections = Vec::new();
+        let mut outcome = self.finish_each(|c| connections.push(c));
+        outcome.connections = connections;
+        outcome
+    }
+
+    /// `finish`, handing the remaining connections to `each` in id order instead of keeping
+    /// them (`Outcome::connections` is empty): a report that writes each as it comes never
+    /// holds a second copy of the table.
+    pub fn finish_each(self, mut each: impl FnMut(Connection)) -> Outcome {
+        let end = self.end_time();
         let mut transitions = self.transitions;
         let mut sink = transitions.as_mut();
         let flows = self.table.counters;
         let mut evicted_attempts: Vec<_> = self.table.flood.iter().map(|(k, v)| (*k, *v)).collect();
         evicted_attempts.sort_by_key(|(k, _)| *k);
-        let connections = match end {
-            Some(end) => self.table.finish(end, &self.cfg, &mut sink),
-            None => Vec::new(),
-        };
         let mut anomalies = self.taken_anomalies;
-        for c in &connections {
-            anomalies.add(c);
+        if let Some(end) = end {
+            self.table.finish_each(end, &self.cfg, &mut sink, |c| {
+                anomalies.add(&c);
+                each(c);
+            });
         }
         let mut transitions = transitions.unwrap_or_default();
         transitions.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
         Outcome {
-            connections,
+            connections: Vec::new(),
             packets: self.counters,
             flows,
             first_ts: self.first_ts,

@@ -330,26 +330,51 @@ impl FlowTable {
 
     /// Ends every record at `now` and returns all connections in id order.
     pub fn finish(
-        mut self,
+        self,
         now: Ts,
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
     ) -> Vec<Connection> {
-        let mut all = std::mem::take(&mut self.ended);
-        self.index = HashTable::new();
-        // Consuming the chunks frees them as the records leave.
-        for mut conn in std::mem::take(&mut self.records).into_records() {
-            conn.finish(now, cfg, sink);
-            all.push(conn);
-        }
-        // Sort (id, index) pairs and move each record once, not a record per comparison.
-        let mut order: Vec<(u64, usize)> = all.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
-        order.sort_unstable();
-        let mut slots: Vec<Option<Connection>> = all.into_iter().map(Some).collect();
-        order
+        let mut all = Vec::with_capacity(self.ended.len() + self.records.len());
+        self.finish_each(now, cfg, sink, |c| all.push(c));
+        all
+    }
+
+    /// Ends every record at `now` and hands each to `each` in id order, one at a time, so a
+    /// report that writes them as they come holds no second copy of the table.
+    pub fn finish_each(
+        mut self,
+        now: Ts,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+        mut each: impl FnMut(Connection),
+    ) {
+        // Records that ended but were not taken, and the live ones; sorted by id through
+        // (id, place) pairs so that each record moves once.
+        let mut ended: Vec<Option<Connection>> = std::mem::take(&mut self.ended)
             .into_iter()
-            .filter_map(|(_, i)| slots.get_mut(i).and_then(Option::take))
-            .collect()
+            .map(Some)
+            .collect();
+        self.index = HashTable::new();
+        let mut order: Vec<(u64, bool, u32)> = ended
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (c.id, false, i as u32)))
+            .chain(self.records.iter().map(|(slot, c)| (c.id, true, slot)))
+            .collect();
+        order.sort_unstable();
+        for (_, live, at) in order {
+            let conn = if live {
+                let mut conn = self.records.remove(at);
+                conn.finish(now, cfg, sink);
+                Some(conn)
+            } else {
+                ended.get_mut(at as usize).and_then(Option::take)
+            };
+            if let Some(conn) = conn {
+                each(conn);
+            }
+        }
     }
 }
 

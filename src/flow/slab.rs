@@ -74,11 +74,6 @@ impl Slab {
                 .filter_map(move |(i, c)| c.as_ref().map(|c| ((n * CHUNK + i) as SlotId, c)))
         })
     }
-
-    /// All the records, freeing each chunk once it is emptied.
-    pub fn into_records(self) -> impl Iterator<Item = Connection> {
-        self.chunks.into_iter().flatten().flatten()
-    }
 }
 
 #[cfg(test)]
@@ -128,6 +123,5 @@ mod tests {
         slab.get_mut(b).id = 42;
         assert_eq!(slab.iter().count(), 2 * CHUNK + 5);
         assert!(slab.iter().any(|(s, c)| s == b && c.id == 42));
-        assert_eq!(slab.into_records().count(), 2 * CHUNK + 5);
     }
 }
