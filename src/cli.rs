@@ -704,12 +704,16 @@ impl Stream {
     }
 }
 
-/// `conns --format json|csv`: each record is written when it ends (superseded, over for
-/// 2MSL, expired, evicted), in the order they end; those still open at the end follow, in
-/// id order. Memory then holds only the connections alive at once.
+/// `conns`: each record is written when it ends (superseded, over for 2MSL, expired,
+/// evicted), in the order they end; those still open at the end follow, in id order. Memory
+/// then holds only the connections alive at once. The text table holds its first rows to
+/// size its columns (all of them, in id order, when there are few: `TableStream`).
 struct ConnsStream {
     stream: Stream,
-    csv: bool,
+    format: ConnsFormat,
+    table: conns::TableStream,
+    /// The capture's first packet time (the text table's START is relative to it).
+    start: Option<f64>,
     header_written: bool,
     /// Records handed over at the finish, written a batch at a time.
     batch: Vec<Connection>,
@@ -734,21 +738,44 @@ impl ConnsStream {
         if conns.is_empty() {
             return ControlFlow::Continue(());
         }
-        let (csv, header) = (self.csv, !self.header_written);
+        let (format, header, start) = (self.format, !self.header_written, self.start);
         self.header_written = true;
-        self.stream.write(|out| {
-            if csv {
+        let table = &mut self.table;
+        self.stream.write(|out| match format {
+            ConnsFormat::Csv => {
                 let rows: Vec<_> = conns.iter().map(|c| summarize(c, end)).collect();
                 report::write_csv_rows(out, &rows, header)
-            } else {
-                report::json::write_records_json_lines(out, conns, end)
             }
+            ConnsFormat::Text => {
+                for c in conns {
+                    table.row(out, &summarize(c, end), start)?;
+                }
+                Ok(())
+            }
+            _ => report::json::write_records_json_lines(out, conns, end),
         })
+    }
+
+    /// After the last record: what the table still holds, or a CSV header with no rows.
+    fn write_tail(&mut self) -> ControlFlow<()> {
+        let table = &mut self.table;
+        match self.format {
+            ConnsFormat::Text => self.stream.write(|out| table.finish(out)),
+            ConnsFormat::Csv if !self.header_written => {
+                let none: [crate::analysis::ConnSummary; 0] = [];
+                self.stream
+                    .write(|out| report::write_csv_rows(out, &none, true))
+            }
+            _ => ControlFlow::Continue(()),
+        }
     }
 }
 
 impl Watcher for ConnsStream {
     fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if self.start.is_none() {
+            self.start = engine.first_time().map(Ts::as_secs_f64);
+        }
         if !engine.has_ended() {
             return ControlFlow::Continue(());
         }
@@ -1180,37 +1207,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Conns(args) if args.format == ConnsFormat::Zeek => {
             run_zeek(&args.input, args.ignore_checksums)
         }
-        Command::Conns(args) if args.format != ConnsFormat::Text => {
+        Command::Conns(args) => {
             let mut streaming = ConnsStream {
                 stream: Stream::new(args.input.streams_in()),
-                csv: args.format == ConnsFormat::Csv,
+                format: args.format,
+                table: conns::TableStream::new(),
+                start: None,
                 header_written: false,
                 batch: Vec::new(),
                 end: Ts::default(),
             };
             let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut streaming)?;
             let _ = streaming.write_batch();
-            if streaming.csv && !streaming.header_written {
-                let none: [crate::analysis::ConnSummary; 0] = [];
-                let _ = streaming
-                    .stream
-                    .write(|out| report::write_csv_rows(out, &none, true));
-            }
+            let _ = streaming.write_tail();
             streaming.stream.finish()?;
-            report_counters(args.input.quiet, &outcome, &source_end);
-            finish_status(source_end.fault)
-        }
-        Command::Conns(args) => {
-            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut AtTheEnd)?;
-            let end = outcome.end_ts.unwrap_or_default();
-            let rows: Vec<_> = outcome
-                .connections
-                .iter()
-                .map(|c| summarize(c, end))
-                .collect();
-            let start = outcome.first_ts.map(|t| t.as_secs_f64());
-            // Only the text table comes here: the other formats stream (above).
-            write_out(|out| conns::write_table(out, &rows, start))?;
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }

@@ -274,6 +274,11 @@ impl Engine {
         }
     }
 
+    /// The first packet's time.
+    pub fn first_time(&self) -> Option<Ts> {
+        self.first_ts
+    }
+
     /// Where the report's clock stops: `--at`, or the last packet.
     pub fn end_time(&self) -> Option<Ts> {
         self.stop_after.or(self.clock)

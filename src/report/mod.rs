@@ -233,31 +233,43 @@ impl Table {
     }
 
     pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|i| {
-                self.rows
-                    .iter()
-                    .filter_map(|row| row.get(i))
-                    .map(|c| c.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut line = String::new();
+        let widths = column_widths(&self.rows);
         for row in &self.rows {
-            line.clear();
-            for (i, cell) in row.iter().enumerate() {
-                if i + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-                }
-            }
-            writeln!(out, "{}", line.trim_end())?;
+            write_table_line(out, row, &widths)?;
         }
         Ok(())
     }
+}
+
+/// The width of each column: its widest cell, in characters.
+pub fn column_widths(rows: &[Vec<String>]) -> Vec<usize> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|row| row.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// One line of a table: cells padded to `widths` (a wider cell pushes the rest right), two
+/// spaces apart, the last not padded.
+pub fn write_table_line(out: &mut dyn Write, row: &[String], widths: &[usize]) -> io::Result<()> {
+    let mut line = String::new();
+    for (i, cell) in row.iter().enumerate() {
+        if i + 1 == row.len() {
+            line.push_str(cell);
+        } else {
+            let w = widths.get(i).copied().unwrap_or(0);
+            line.push_str(cell);
+            let pad = w.saturating_sub(cell.chars().count()) + 2;
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+    }
+    writeln!(out, "{}", line.trim_end())
 }
 
 /// libpcap's counts after a live capture, always shown (as tcpdump does): zero drops is news too.
