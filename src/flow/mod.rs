@@ -64,6 +64,8 @@ pub struct FlowCounters {
     /// Connections not over whose tracking stopped after an idle timeout (their records are
     /// kept, as of then).
     pub expired_idle: u64,
+    /// The most connections tracked at once (what memory follows).
+    pub peak_live: u64,
 }
 
 /// Half-open attempts evicted without a record, per server address:port.
@@ -223,6 +225,7 @@ impl FlowTable {
         let id = conn.id;
         conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
         let slot = self.records.insert(conn);
+        self.counters.peak_live = self.counters.peak_live.max(self.records.len() as u64);
         let (hasher, records) = (&self.hasher, &self.records);
         self.index.insert_unique(hash, slot, |&s| {
             let c = records.get(s);

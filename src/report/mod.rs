@@ -30,6 +30,7 @@ pub fn write_counters(
         ("packets read".into(), p.packets),
         ("tcp packets tracked".into(), p.tcp),
         ("connections".into(), f.connections),
+        ("connections tracked at once, at most".into(), f.peak_live),
     ];
     let mut doubtful: Vec<(String, u64)> = vec![
         ("filtered out by the expression".into(), p.filtered_out),
@@ -145,6 +146,7 @@ pub fn counters_json(o: &Outcome, container: &ContainerCounters) -> serde_json::
         "packets": p.packets,
         "tcp_packets": p.tcp,
         "connections": f.connections,
+        "peak_live_connections": f.peak_live,
         "filtered_out": p.filtered_out,
         "not_ip": p.not_ip,
         "not_tcp": p.not_tcp,
