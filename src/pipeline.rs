@@ -50,7 +50,7 @@ pub struct AnomalyTotals {
 
 impl AnomalyTotals {
     fn add(&mut self, c: &Connection) {
-        let a = &c.anomalies;
+        let a = c.anomalies();
         self.rst_out_of_window += u64::from(a.rst_out_of_window);
         self.rst_in_window_not_exact += u64::from(a.rst_in_window_not_exact);
         self.unexplained += u64::from(a.unexplained);

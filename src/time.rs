@@ -29,6 +29,57 @@ impl Ts {
     }
 }
 
+/// An optional packet time in 8 bytes, where `Option<Ts>` takes 16: connection records
+/// hold a dozen of them. `Ts::UNKNOWN`'s value stands for none (the engine never stores
+/// that time: it keeps its clock instead).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct OptTs(i64);
+
+impl OptTs {
+    pub const NONE: OptTs = OptTs(i64::MIN);
+
+    pub fn get(self) -> Option<Ts> {
+        (self != OptTs::NONE).then_some(Ts(self.0))
+    }
+    pub fn is_some(self) -> bool {
+        self != OptTs::NONE
+    }
+    pub fn is_none(self) -> bool {
+        self == OptTs::NONE
+    }
+    /// The time, set to `ts` first if there is none.
+    pub fn get_or_set(&mut self, ts: Ts) -> Ts {
+        if self.is_none() {
+            *self = ts.into();
+        }
+        Ts(self.0)
+    }
+}
+
+impl Default for OptTs {
+    fn default() -> Self {
+        OptTs::NONE
+    }
+}
+
+impl From<Ts> for OptTs {
+    fn from(ts: Ts) -> Self {
+        OptTs(ts.0)
+    }
+}
+
+impl From<Option<Ts>> for OptTs {
+    fn from(ts: Option<Ts>) -> Self {
+        ts.map_or(OptTs::NONE, OptTs::from)
+    }
+}
+
+impl fmt::Debug for OptTs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// A span of packet time in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub i64);

@@ -398,16 +398,16 @@ fn reset_phase(c: &Connection, sender: TcpState, receiver: TcpState) -> &'static
 fn resets(conns: &[Connection], out: &mut Vec<Finding>) {
     let hit = conns
         .iter()
-        .filter(|c| c.reset.is_some() && c.handshake() != Handshake::Refused);
+        .filter(|c| c.reset().is_some() && c.handshake() != Handshake::Refused);
     let groups = group_by(hit, |c| {
-        let r = c.reset.map(|r| (r.by, r.sender_state, r.receiver_state));
+        let r = c.reset().map(|r| (r.by, r.sender_state, r.receiver_state));
         let (by, st, rst) = r.unwrap_or((Side::Client, TcpState::Closed, TcpState::Closed));
         (server_of(c), by.name(), reset_phase(c, st, rst), st.name())
     });
     for ((service, by, phase, state), group) in groups {
         let mut ev = EvidenceBuilder::default();
         for c in &group {
-            if let Some(r) = c.reset {
+            if let Some(r) = c.reset() {
                 ev.add(c.id, c.end(r.by).addr, r.ts, r.ts);
             }
         }
@@ -446,7 +446,7 @@ fn ignored_resets(conns: &[Connection], out: &mut Vec<Finding>) {
     let mut ev = EvidenceBuilder::default();
     let (mut oow, mut inexact) = (0u64, 0u64);
     for c in conns {
-        let a = &c.anomalies;
+        let a = c.anomalies();
         if a.rst_out_of_window + a.rst_in_window_not_exact > 0 {
             oow += u64::from(a.rst_out_of_window);
             inexact += u64::from(a.rst_in_window_not_exact);
@@ -615,7 +615,7 @@ fn server_closes_first(conns: &[Connection], stays: &[TimeWaitStay], out: &mut V
             .iter()
             .filter(|c| c.first_closer() == Some(Side::Server))
         {
-            let fin = c.end(Side::Server).fin_time.unwrap_or(c.start);
+            let fin = c.end(Side::Server).fin_time.get().unwrap_or(c.start);
             ev.add(c.id, c.end(Side::Server).addr, fin, fin);
         }
         let server_tw = stays
@@ -783,7 +783,9 @@ fn slow_handshakes(conns: &[Connection], cfg: &DiagnoseConfig, out: &mut Vec<Fin
         let mut ev = EvidenceBuilder::default();
         let (mut syn_rtx, mut synack_rtx, mut slow) = (0u64, 0u64, 0u64);
         for c in &group {
-            let (Some(syn), Some(est)) = (c.end(Side::Client).syn_first, c.handshake_done) else {
+            let (Some(syn), Some(est)) =
+                (c.end(Side::Client).syn_first.get(), c.handshake_done.get())
+            else {
                 continue;
             };
             let t = est.since(syn);
@@ -885,7 +887,7 @@ fn oddities(outcome: &Outcome, out: &mut Vec<Finding>) {
     let p = &outcome.packets;
     let unexplained: u64 = conns
         .iter()
-        .map(|c| u64::from(c.anomalies.unexplained))
+        .map(|c| u64::from(c.anomalies().unexplained))
         .sum();
     let counters = [
         ("undecodable", p.undecodable_total()),

@@ -84,13 +84,14 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
     let server = c.end(Side::Server);
     let end = c
         .superseded_at
-        .or(c.evicted_at)
-        .or(c.expired_at)
+        .get()
+        .or(c.evicted_at().get())
+        .or(c.expired_at().get())
         .unwrap_or(c.last)
         .max(c.last);
-    let syn = client.syn_first;
-    let synack = c.synack_first;
-    let done = c.handshake_done;
+    let syn = client.syn_first.get();
+    let synack = c.synack_first.get();
+    let done = c.handshake_done.get();
     let fins = c.fin_times();
     let first_closer = if c.crossed_fins {
         Some("simultaneous")
@@ -99,8 +100,8 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
     };
     let half_close = match fins.as_slice() {
         [a, b] => Some((dur(*a, *b), false)),
-        [a] if c.reset.is_none() => Some((dur(*a, end_of_capture.max(*a)), true)),
-        [a] => Some((dur(*a, c.reset.map_or(*a, |r| r.ts)), false)),
+        [a] if c.reset().is_none() => Some((dur(*a, end_of_capture.max(*a)), true)),
+        [a] => Some((dur(*a, c.reset().map_or(*a, |r| r.ts)), false)),
         _ => None,
     };
     let tw = |side: Side| {
@@ -119,8 +120,8 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         server: String::new(),
         direction_guessed: c.direction_guessed,
         partial: c.partial,
-        evicted: c.evicted_at.is_some(),
-        expired: c.expired_at.is_some(),
+        evicted: c.evicted_at().is_some(),
+        expired: c.expired_at().is_some(),
         start: secs(c.start),
         end: secs(end),
         duration: dur(c.start, end),
@@ -142,10 +143,10 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         first_fin_time: fins.first().map(|t| secs(*t)),
         half_close_duration: half_close.map(|h| h.0),
         half_close_open_at_end: half_close.is_some_and(|h| h.1),
-        reset_by: c.reset.map(|r| r.by.name()),
-        reset_time: c.reset.map(|r| secs(r.ts)),
-        reset_sender_state: c.reset.map(|r| r.sender_state.name()),
-        reset_receiver_state: c.reset.map(|r| r.receiver_state.name()),
+        reset_by: c.reset().map(|r| r.by.name()),
+        reset_time: c.reset().map(|r| secs(r.ts)),
+        reset_sender_state: c.reset().map(|r| r.sender_state.name()),
+        reset_receiver_state: c.reset().map(|r| r.receiver_state.name()),
         client_time_wait_start: ctw.map(|t| t.0),
         client_time_wait_duration: ctw.map(|t| t.1),
         client_time_wait_end: ctw.map(|t| t.2),
@@ -157,9 +158,9 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         client_bytes: client.bytes,
         server_bytes: server.bytes,
         fin_retransmits: client.fin_retransmits + server.fin_retransmits,
-        rst_out_of_window: c.anomalies.rst_out_of_window,
-        rst_in_window_not_exact: c.anomalies.rst_in_window_not_exact,
-        unexplained_segments: c.anomalies.unexplained,
-        packets_after_close: c.anomalies.after_close,
+        rst_out_of_window: c.anomalies().rst_out_of_window,
+        rst_in_window_not_exact: c.anomalies().rst_in_window_not_exact,
+        unexplained_segments: c.anomalies().unexplained,
+        packets_after_close: c.anomalies().after_close,
     }
 }

@@ -79,12 +79,12 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
             Handshake::NotCompleted => h.not_completed += 1,
             Handshake::NotSeen => h.not_seen += 1,
         }
-        let syn = c.end(Side::Client).syn_first;
+        let syn = c.end(Side::Client).syn_first.get();
         if handshake == Handshake::Completed
-            && let (Some(s), Some(done)) = (syn, c.handshake_done)
+            && let (Some(s), Some(done)) = (syn, c.handshake_done.get())
         {
             hs.push(secs(done.since(s)));
-            if let Some(sa) = c.synack_first {
+            if let Some(sa) = c.synack_first.get() {
                 syn_synack.push(secs(sa.since(s)));
                 synack_ack.push(secs(done.since(sa)));
             }
@@ -92,11 +92,11 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
         let fins = c.fin_times();
         match fins.as_slice() {
             [a, b] => half.push(secs(b.since(*a))),
-            [_] if c.reset.is_none() => half_open += 1,
+            [_] if c.reset().is_none() => half_open += 1,
             _ => {}
         }
         let refused = handshake == Handshake::Refused;
-        if c.reset.is_some() && !refused {
+        if c.reset().is_some() && !refused {
             k.reset += 1;
         } else if fins.len() == 2 {
             if c.crossed_fins {

@@ -11,7 +11,7 @@ use crate::decode::{Segment, SockAddr, flags};
 use crate::tcp::TcpState::{self, *};
 use crate::tcp::machine::{Event, next_state};
 use crate::tcp::seq::{self, RstVerdict};
-use crate::time::{Dur, Ts};
+use crate::time::{Dur, OptTs, Ts};
 
 /// Which end of the connection: the client sent the first SYN (or is guessed to have).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,14 +162,14 @@ pub struct Endpoint {
     pub first_seq: Option<u32>,
     /// Sequence number its FIN occupies.
     pub fin_seq: Option<u32>,
-    pub fin_time: Option<Ts>,
+    pub fin_time: OptTs,
     /// Last window it advertised, unscaled, and its window-scale option.
     pub window: u16,
     pub wscale: Option<u8>,
     /// SYN or SYN-ACK sends: first and last time and count.
-    pub syn_first: Option<Ts>,
-    pub syn_last: Option<Ts>,
-    pub syn_prev: Option<Ts>,
+    pub syn_first: OptTs,
+    pub syn_last: OptTs,
+    pub syn_prev: OptTs,
     pub syn_count: u32,
     pub synack_count: u32,
     /// Times of its SYN (or SYN-ACK) sends, kept only once it retransmitted (at most
@@ -197,12 +197,12 @@ impl Endpoint {
             snd_nxt: None,
             first_seq: None,
             fin_seq: None,
-            fin_time: None,
+            fin_time: OptTs::NONE,
             window: 0,
             wscale: None,
-            syn_first: None,
-            syn_last: None,
-            syn_prev: None,
+            syn_first: OptTs::NONE,
+            syn_last: OptTs::NONE,
+            syn_prev: OptTs::NONE,
             syn_count: 0,
             synack_count: 0,
             syn_times: None,
@@ -288,8 +288,8 @@ pub struct Connection {
     pub direction_guessed: bool,
     pub start: Ts,
     pub last: Ts,
-    pub synack_first: Option<Ts>,
-    pub handshake_done: Option<Ts>,
+    pub synack_first: OptTs,
+    pub handshake_done: OptTs,
     pub refused: bool,
     pub crossed_fins: bool,
     /// Both sides sent a bare SYN.
@@ -297,17 +297,38 @@ pub struct Connection {
     /// The server resent its SYN-ACK after an ACK was seen: ACKs from the client have been
     /// lost on the way (dropped after the capture point), so a bare ACK no longer proves delivery.
     pub handshake_ack_disproven: bool,
-    pub reset: Option<ResetInfo>,
-    pub anomalies: ConnAnomalies,
+    /// What few connections have (a reset, oddities, an early end): out of line, so the
+    /// record every connection carries stays small.
+    rare: Option<Box<Rare>>,
     /// Ended because a new connection took over its 4-tuple.
-    pub superseded_at: Option<Ts>,
-    /// Tracking stopped here to make room (`--max-conns`): its states are as of this time.
-    pub evicted_at: Option<Ts>,
-    /// Tracking stopped here after an idle timeout: its states are as of this time.
-    pub expired_at: Option<Ts>,
+    pub superseded_at: OptTs,
     /// One socket connected to itself: the same address:port at both ends.
     pub self_connected: bool,
 }
+
+/// The part of a connection record few connections need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rare {
+    /// The first accepted reset.
+    pub reset: Option<ResetInfo>,
+    pub anomalies: ConnAnomalies,
+    /// Tracking stopped here to make room (`--max-conns`): its states are as of this time.
+    pub evicted_at: OptTs,
+    /// Tracking stopped here after an idle timeout: its states are as of this time.
+    pub expired_at: OptTs,
+}
+
+const NOTHING_RARE: Rare = Rare {
+    reset: None,
+    anomalies: ConnAnomalies {
+        rst_out_of_window: 0,
+        rst_in_window_not_exact: 0,
+        unexplained: 0,
+        after_close: 0,
+    },
+    evicted_at: OptTs::NONE,
+    expired_at: OptTs::NONE,
+};
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
 pub type TransitionSink<'a> = Option<&'a mut Vec<Transition>>;
@@ -346,19 +367,45 @@ impl Connection {
             direction_guessed: guessed,
             start: ts,
             last: ts,
-            synack_first: None,
-            handshake_done: None,
+            synack_first: OptTs::NONE,
+            handshake_done: OptTs::NONE,
             refused: false,
             crossed_fins: false,
             simultaneous_open: false,
             handshake_ack_disproven: false,
-            reset: None,
-            anomalies: ConnAnomalies::default(),
-            superseded_at: None,
-            evicted_at: None,
-            expired_at: None,
+            rare: None,
+            superseded_at: OptTs::NONE,
             self_connected: seg.src == seg.dst,
         }
+    }
+
+    fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NOTHING_RARE)
+    }
+
+    /// The rare part, made when first needed.
+    pub fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The first accepted reset, who sent it and in what states.
+    pub fn reset(&self) -> Option<ResetInfo> {
+        self.rare().reset
+    }
+
+    /// Segments the model could not use.
+    pub fn anomalies(&self) -> ConnAnomalies {
+        self.rare().anomalies
+    }
+
+    /// When tracking stopped to make room (`--max-conns`); its states are as of then.
+    pub fn evicted_at(&self) -> OptTs {
+        self.rare().evicted_at
+    }
+
+    /// When tracking stopped after an idle timeout; its states are as of then.
+    pub fn expired_at(&self) -> OptTs {
+        self.rare().expired_at
     }
 
     /// Its 4-tuple, as the flow table files it.
@@ -403,7 +450,7 @@ impl Connection {
     /// SYN flood these are what fills the table.
     pub fn is_half_open_attempt(&self) -> bool {
         self.handshake_done.is_none()
-            && self.reset.is_none()
+            && self.reset().is_none()
             && self.ends.iter().all(|e| {
                 matches!(e.state, SynSent | SynRecv | Listen | Closed) && e.fin_time.is_none()
             })
@@ -411,7 +458,7 @@ impl Connection {
 
     /// The times of the FINs seen (none, one or both), earliest first.
     pub fn fin_times(&self) -> Vec<Ts> {
-        let mut v: Vec<Ts> = self.ends.iter().filter_map(|e| e.fin_time).collect();
+        let mut v: Vec<Ts> = self.ends.iter().filter_map(|e| e.fin_time.get()).collect();
         v.sort();
         v
     }
@@ -430,7 +477,7 @@ impl Connection {
 
     /// The side whose FIN came first, if any.
     pub fn first_closer(&self) -> Option<Side> {
-        match (self.ends[0].fin_time, self.ends[1].fin_time) {
+        match (self.ends[0].fin_time.get(), self.ends[1].fin_time.get()) {
             (Some(c), Some(s)) => Some(if s < c { Side::Server } else { Side::Client }),
             (Some(_), None) => Some(Side::Client),
             (None, Some(_)) => Some(Side::Server),
@@ -480,7 +527,7 @@ impl Connection {
             && self.handshake_done.is_none()
             && self.ends[side.other().index()].state == Established
         {
-            self.handshake_done = Some(ts);
+            self.handshake_done = ts.into();
         }
         if let Some(sink) = sink.as_deref_mut() {
             sink.push(Transition {
@@ -508,7 +555,7 @@ impl Connection {
         sink: &mut TransitionSink<'_>,
     ) {
         if !self.set_state(side, event, ts, packet, sink) {
-            self.anomalies.unexplained += 1;
+            self.rare_mut().anomalies.unexplained += 1;
         }
     }
 
@@ -599,7 +646,7 @@ impl Connection {
         for side in [Side::Client, Side::Server] {
             self.set_state(side, Event::Superseded, ts, packet, sink);
         }
-        self.superseded_at = Some(ts);
+        self.superseded_at = ts.into();
     }
 
     /// Feeds one segment sent by `from`.
@@ -614,7 +661,7 @@ impl Connection {
     ) {
         self.advance_time(ts, cfg, sink);
         if self.is_over() && self.ends.iter().any(|e| e.packets > 0) && !seg.has(flags::SYN) {
-            self.anomalies.after_close += 1;
+            self.rare_mut().anomalies.after_close += 1;
         }
         self.last = ts;
         let s = from.index();
@@ -721,7 +768,7 @@ impl Connection {
             if self.ends[0].state.has_socket() {
                 let sender_state = self.ends[0].state;
                 self.apply(me, Event::SentRst, ts, packet, sink);
-                self.reset = Some(ResetInfo {
+                self.rare_mut().reset = Some(ResetInfo {
                     by: me,
                     ts,
                     sender_state,
@@ -742,7 +789,7 @@ impl Connection {
             self.apply(me, Event::RecvSyn, ts, packet, sink);
         } else if syn {
             if self.synack_first.is_none() {
-                self.synack_first = Some(ts);
+                self.synack_first = ts.into();
             }
             // It answers its own SYN, and that SYN-ACK acknowledges its SYN: ESTABLISHED.
             self.apply(me, Event::SentSynAck, ts, packet, sink);
@@ -756,10 +803,10 @@ impl Connection {
             let fin_seq = seg.seq.wrapping_add(seg.payload_len);
             match self.ends[0].fin_seq {
                 Some(known) if known == fin_seq => self.ends[0].fin_retransmits += 1,
-                Some(_) => self.anomalies.unexplained += 1,
+                Some(_) => self.rare_mut().anomalies.unexplained += 1,
                 None => {
                     self.ends[0].fin_seq = Some(fin_seq);
-                    self.ends[0].fin_time = Some(ts);
+                    self.ends[0].fin_time = ts.into();
                     // It closes (FIN_WAIT1) and its own FIN arrives before the ACK of it: CLOSING.
                     self.apply(me, Event::SentFin, ts, packet, sink);
                     self.apply(me, Event::RecvFin, ts, packet, sink);
@@ -774,7 +821,7 @@ impl Connection {
             self.apply(me, Event::RecvAckOfFin, ts, packet, sink);
         }
         if self.ends[0].state == Established && self.handshake_done.is_none() {
-            self.handshake_done = Some(ts);
+            self.handshake_done = ts.into();
         }
         self.mirror_self();
     }
@@ -827,7 +874,7 @@ impl Connection {
             .isn
             .is_none_or(|isn| isn.wrapping_add(1) == seg.ack);
         if !acceptable {
-            self.anomalies.unexplained += 1;
+            self.rare_mut().anomalies.unexplained += 1;
             return;
         }
         let resent_after_ack = !self.simultaneous_open
@@ -839,12 +886,12 @@ impl Connection {
             // The ACK we took as delivered never reached this side.
             self.set_state(from, Event::ResentSynAck, ts, packet, sink);
             self.handshake_ack_disproven = true;
-            self.handshake_done = None;
+            self.handshake_done = OptTs::NONE;
         } else {
             self.set_state(from, Event::SentSynAck, ts, packet, sink);
         }
         if from == Side::Server && self.synack_first.is_none() {
-            self.synack_first = Some(ts);
+            self.synack_first = ts.into();
         }
         if self.ends[r].isn.is_none() {
             // The SYN was missed: its sequence number is one below what this SYN-ACK acknowledges.
@@ -884,12 +931,12 @@ impl Connection {
                     }
                 }
             } else {
-                self.anomalies.unexplained += 1;
+                self.rare_mut().anomalies.unexplained += 1;
             }
             return;
         }
         self.ends[s].fin_seq = Some(fin_seq);
-        self.ends[s].fin_time = Some(ts);
+        self.ends[s].fin_time = ts.into();
         // The FIN's ACK tells whether the sender had already received the peer's FIN.
         let peer_fin = self.ends[r].fin_seq;
         let crossed = peer_fin
@@ -962,8 +1009,8 @@ impl Connection {
                     sender_state,
                     receiver_state: self.ends[r].state,
                 };
-                if self.reset.is_none() {
-                    self.reset = Some(info);
+                if self.reset().is_none() {
+                    self.rare_mut().reset = Some(info);
                 }
                 if from == Side::Server
                     && self.synack_first.is_none()
@@ -974,8 +1021,8 @@ impl Connection {
                 self.set_state(from, Event::SentRst, ts, packet, sink);
                 self.set_state(from.other(), Event::RecvRst, ts, packet, sink);
             }
-            RstVerdict::InWindowNotExact => self.anomalies.rst_in_window_not_exact += 1,
-            RstVerdict::OutOfWindow => self.anomalies.rst_out_of_window += 1,
+            RstVerdict::InWindowNotExact => self.rare_mut().anomalies.rst_in_window_not_exact += 1,
+            RstVerdict::OutOfWindow => self.rare_mut().anomalies.rst_out_of_window += 1,
         }
     }
 }
@@ -995,7 +1042,7 @@ fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
     } else {
         end.syn_count += 1;
     }
-    let first = *end.syn_first.get_or_insert(ts);
+    let first = end.syn_first.get_or_set(ts);
     if end.syn_count + end.synack_count >= 2 {
         // Allocate only for the few connections that retransmit.
         let times = end.syn_times.get_or_insert_with(|| Box::new(vec![first]));
@@ -1004,7 +1051,7 @@ fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
         }
     }
     end.syn_prev = end.syn_last;
-    end.syn_last = Some(ts);
+    end.syn_last = ts.into();
 }
 
 /// When a SYN (or SYN-ACK) sender has given up, judged from its retransmission spacing.
@@ -1013,8 +1060,8 @@ fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
 /// taken to have a 1 s retry timer (Linux's initial RTO). A lone SYN-ACK proves nothing:
 /// its ACK may simply not be in the capture.
 fn handshake_give_up_time(end: &Endpoint) -> Option<Ts> {
-    let last = end.syn_last?;
-    let gap = match end.syn_prev {
+    let last = end.syn_last.get()?;
+    let gap = match end.syn_prev.get() {
         Some(prev) => last.since(prev),
         None if end.state == SynSent => Dur::from_millis(1000),
         None => return None,

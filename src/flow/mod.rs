@@ -277,7 +277,7 @@ impl FlowTable {
                     None => {}
                 }
             } else {
-                conn.evicted_at = Some(now);
+                conn.rare_mut().evicted_at = now.into();
                 self.ended.push(conn);
             }
         }
@@ -325,7 +325,7 @@ impl FlowTable {
         let deadline = conn.idle_deadline(cfg);
         conn.advance_time(deadline, cfg, sink);
         if !conn.is_over() {
-            conn.expired_at = Some(deadline);
+            conn.rare_mut().expired_at = deadline.into();
             self.counters.expired_idle += 1;
         }
         self.ended.push(conn);

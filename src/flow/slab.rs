@@ -124,4 +124,16 @@ mod tests {
         assert_eq!(slab.iter().count(), 2 * CHUNK + 5);
         assert!(slab.iter().any(|(s, c)| s == b && c.id == 42));
     }
+
+    /// Memory per tracked connection rests on the record's size (benches/README): keep it
+    /// from growing unnoticed. (528 bytes before times became `OptTs` and rare facts moved
+    /// out of line.)
+    #[test]
+    fn record_stays_small() {
+        assert!(
+            size_of::<Option<Connection>>() <= 384,
+            "{} bytes",
+            size_of::<Option<Connection>>()
+        );
+    }
 }

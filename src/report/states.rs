@@ -65,7 +65,7 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
     // Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open).
     let mut listeners: BTreeMap<SockAddr, Ts> = BTreeMap::new();
     for c in conns {
-        if let Some(first) = c.synack_first
+        if let Some(first) = c.synack_first.get()
             && !c.direction_guessed
             && !c.simultaneous_open
             && !c.self_connected

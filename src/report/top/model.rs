@@ -137,9 +137,9 @@ impl TopRow {
             bytes: [cl.bytes, sv.bytes],
             ended,
             handshake: c.handshake(),
-            reset_by: c.reset.map(|r| r.by),
+            reset_by: c.reset().map(|r| r.by),
             partial: c.partial,
-            evicted: c.evicted_at.is_some(),
+            evicted: c.evicted_at().is_some(),
         }
     }
 
@@ -387,7 +387,7 @@ fn count_once(
             seen.failure_counted = true;
         }
     }
-    if !seen.reset_counted && c.reset.is_some() && !c.refused {
+    if !seen.reset_counted && c.reset().is_some() && !c.refused {
         *resets += 1;
         seen.reset_counted = true;
     }
