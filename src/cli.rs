@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::analysis::findings::{self, DiagnoseConfig};
-use crate::analysis::{summarize, summary};
+use crate::analysis::{summarize, summarize_without_addrs, summary};
 use crate::capture::filter::PacketFilter;
 use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStats};
 use crate::capture::{ContainerCounters, PacketFn, file};
 use crate::decode::SockAddr;
-use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts};
+use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts, Side};
 use crate::pipeline::{Engine, Outcome, Watch};
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::{self, conns, diagnose, events, explain, states};
@@ -748,7 +748,8 @@ impl ConnsStream {
             }
             ConnsFormat::Text => {
                 for c in conns {
-                    table.row(out, &summarize(c, end), start)?;
+                    let addrs = (c.end(Side::Client).addr, c.end(Side::Server).addr);
+                    table.row(out, &summarize_without_addrs(c, end), addrs, start)?;
                 }
                 Ok(())
             }

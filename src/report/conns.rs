@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use crate::analysis::ConnSummary;
+use crate::decode::SockAddr;
 use crate::report::Table;
 
 fn opt_secs(v: Option<f64>) -> String {
@@ -88,7 +89,7 @@ const HEADER: [&str; 13] = [
 const LEGEND: &str = "~ picked up mid-stream   ? direction guessed from ports   * state inferred from a timeout   + TIME_WAIT still running when the capture ended";
 
 /// The cells of one row; `base`: the capture's first packet time (START is relative to it).
-fn cells(r: &ConnSummary, base: f64) -> Vec<String> {
+fn cells(r: &ConnSummary, client: String, server: String, base: f64) -> Vec<String> {
     let mut flags = String::new();
     if r.partial {
         flags.push('~');
@@ -105,8 +106,8 @@ fn cells(r: &ConnSummary, base: f64) -> Vec<String> {
     };
     vec![
         format!("{}{flags}", r.id),
-        r.client.clone(),
-        r.server.clone(),
+        client,
+        server,
         format!("+{:.3}", (r.start - base).max(0.0)),
         format!("{:.3}", r.duration),
         state(r.client_state, r.client_state_inferred),
@@ -137,7 +138,7 @@ pub fn write_table(
     let mut table = Table::new(&HEADER);
     let base = capture_start.unwrap_or(0.0);
     for r in rows {
-        table.row(cells(r, base));
+        table.row(cells(r, r.client.clone(), r.server.clone(), base));
     }
     table.write(out)?;
     if rows.iter().any(has_marks) {
@@ -154,6 +155,8 @@ pub fn write_table(
 /// as it comes: as records end, then the rest in id order, as `--format json` streams.
 pub struct TableStream {
     base: Option<f64>,
+    /// The line being built (streamed rows).
+    line: Vec<u8>,
     held: Vec<(u64, Vec<String>)>,
     /// Set once rows are written as they come.
     widths: Option<Vec<usize>>,
@@ -166,25 +169,32 @@ impl TableStream {
     pub fn new() -> TableStream {
         TableStream {
             base: None,
+            line: Vec::new(),
             held: Vec::new(),
             widths: None,
             marks: false,
         }
     }
 
-    /// Adds a row; `capture_start` is the capture's first packet time.
+    /// Adds a row: `r` from `summarize_without_addrs`, with its addresses apart;
+    /// `capture_start` is the capture's first packet time.
     pub fn row(
         &mut self,
         out: &mut dyn Write,
         r: &ConnSummary,
+        (client, server): (SockAddr, SockAddr),
         capture_start: Option<f64>,
     ) -> io::Result<()> {
         let base = *self.base.get_or_insert(capture_start.unwrap_or(0.0));
         self.marks |= has_marks(r);
-        let row = cells(r, base);
         match &self.widths {
-            Some(widths) => super::write_table_line(out, &row, widths),
+            Some(widths) => {
+                self.line.clear();
+                push_line(&mut self.line, r, client, server, base, widths);
+                out.write_all(&self.line)
+            }
             None => {
+                let row = cells(r, client.to_string(), server.to_string(), base);
                 self.held.push((r.id, row));
                 if self.held.len() > Self::HOLD {
                     self.start_streaming(out)?;
@@ -239,6 +249,184 @@ impl Default for TableStream {
     }
 }
 
+/// Writes `v` with `places` decimals exactly as `format!("{v:.places$}")` does (the exact
+/// binary value rounded half to even), by integer arithmetic for the values a table holds
+/// (finite, not negative, below 2^53); others go through `format!`. The float formatting of
+/// std cost more than the rest of a streamed row.
+fn push_fixed(line: &mut Vec<u8>, v: f64, places: u32) {
+    let scale = 10u64.pow(places);
+    let bits = v.to_bits();
+    let (exp_bits, frac) = (((bits >> 52) & 0x7ff) as i32, bits & ((1 << 52) - 1));
+    // v = mant * 2^exp exactly.
+    let (mant, exp) = if exp_bits == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1 << 52), exp_bits - 1075)
+    };
+    if v.is_sign_negative() || !v.is_finite() || v >= 9_007_199_254_740_992.0 {
+        let _ = write!(line, "{v:.p$}", p = places as usize);
+        return;
+    }
+    // v * scale, rounded half to even: mant * scale fits in 128 bits.
+    let scaled = u128::from(mant) * u128::from(scale);
+    let units = if exp >= 0 {
+        scaled << exp
+    } else {
+        let shift = (-exp) as u32;
+        if shift >= 128 {
+            0
+        } else {
+            let q = scaled >> shift;
+            let rem = scaled - (q << shift);
+            let half = 1u128 << (shift - 1);
+            if rem > half || (rem == half && q & 1 == 1) {
+                q + 1
+            } else {
+                q
+            }
+        }
+    };
+    let (whole, part) = (units / u128::from(scale), units % u128::from(scale));
+    let mut int = itoa::Buffer::new();
+    line.extend_from_slice(int.format(whole).as_bytes());
+    if places > 0 {
+        line.push(b'.');
+        let digits = int.format(part).as_bytes();
+        line.extend(std::iter::repeat_n(b'0', places as usize - digits.len()));
+        line.extend_from_slice(digits);
+    }
+}
+
+/// An address as `SockAddr`'s Display writes it, IPv4 without going through `fmt`.
+fn push_addr(line: &mut Vec<u8>, a: SockAddr) {
+    match a.ip {
+        std::net::IpAddr::V4(ip) => {
+            let mut int = itoa::Buffer::new();
+            for (i, o) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push(b'.');
+                }
+                line.extend_from_slice(int.format(o).as_bytes());
+            }
+            line.push(b':');
+            line.extend_from_slice(int.format(a.port).as_bytes());
+        }
+        _ => {
+            let _ = write!(line, "{a}");
+        }
+    }
+}
+
+/// One streamed table line into `line`: the text `write_table_line(cells(r, base), widths)`
+/// makes, with `r`'s addresses given apart (`summarize_without_addrs` leaves them empty).
+fn push_line(
+    line: &mut Vec<u8>,
+    r: &ConnSummary,
+    client: SockAddr,
+    server: SockAddr,
+    base: f64,
+    widths: &[usize],
+) {
+    let mut int = itoa::Buffer::new();
+    let mut column = 0;
+    let mut cell_start = line.len();
+    // Pads the cell just written to its column's width plus the two-space gap.
+    let mut next = |line: &mut Vec<u8>, cell_start: &mut usize| {
+        let w = widths.get(column).copied().unwrap_or(0);
+        let len = line.len() - *cell_start;
+        line.extend(std::iter::repeat_n(b' ', w.saturating_sub(len) + 2));
+        column += 1;
+        *cell_start = line.len();
+    };
+    line.extend_from_slice(int.format(r.id).as_bytes());
+    if r.partial {
+        line.push(b'~');
+    }
+    if r.direction_guessed {
+        line.push(b'?');
+    }
+    next(line, &mut cell_start);
+    push_addr(line, client);
+    next(line, &mut cell_start);
+    push_addr(line, server);
+    next(line, &mut cell_start);
+    line.push(b'+');
+    push_fixed(line, (r.start - base).max(0.0), 3);
+    next(line, &mut cell_start);
+    push_fixed(line, r.duration, 3);
+    next(line, &mut cell_start);
+    for (state, inferred) in [
+        (r.client_state, r.client_state_inferred),
+        (r.server_state, r.server_state_inferred),
+    ] {
+        line.extend_from_slice(state.as_bytes());
+        if inferred {
+            line.push(b'*');
+        }
+        next(line, &mut cell_start);
+    }
+    line.extend_from_slice(r.handshake.as_bytes());
+    if r.syn_retransmits > 0 {
+        line.extend_from_slice(b" (");
+        line.extend_from_slice(int.format(r.syn_retransmits).as_bytes());
+        line.extend_from_slice(b" SYN rtx)");
+    }
+    next(line, &mut cell_start);
+    match r.handshake_time {
+        Some(s) if s < 1.0 => {
+            push_fixed(line, s * 1000.0, 3);
+            line.extend_from_slice(b"ms");
+        }
+        Some(s) => {
+            push_fixed(line, s, 3);
+            line.push(b's');
+        }
+        None => line.push(b'-'),
+    }
+    next(line, &mut cell_start);
+    line.extend_from_slice(close_words(r).as_bytes());
+    next(line, &mut cell_start);
+    let mut any_time_wait = false;
+    for (side, d, why) in [
+        (
+            "client",
+            r.client_time_wait_duration,
+            r.client_time_wait_end,
+        ),
+        (
+            "server",
+            r.server_time_wait_duration,
+            r.server_time_wait_end,
+        ),
+    ] {
+        let Some(d) = d else { continue };
+        if any_time_wait {
+            line.push(b' ');
+        }
+        any_time_wait = true;
+        line.extend_from_slice(side.as_bytes());
+        line.push(b' ');
+        push_fixed(line, d, 1);
+        line.push(b's');
+        if why == Some("capture_ended") {
+            line.push(b'+');
+        }
+    }
+    if !any_time_wait {
+        line.push(b'-');
+    }
+    next(line, &mut cell_start);
+    line.extend_from_slice(int.format(r.client_packets).as_bytes());
+    line.push(b'/');
+    line.extend_from_slice(int.format(r.server_packets).as_bytes());
+    next(line, &mut cell_start);
+    // The last column is not padded.
+    line.extend_from_slice(int.format(r.client_bytes).as_bytes());
+    line.push(b'/');
+    line.extend_from_slice(int.format(r.server_bytes).as_bytes());
+    line.push(b'\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +464,10 @@ mod tests {
         let mut out = Vec::new();
         let mut table = TableStream::new();
         for r in rows {
-            table.row(&mut out, r, Some(1_700_000_000.0)).unwrap();
+            let addrs = (r.client.parse().unwrap(), r.server.parse().unwrap());
+            table
+                .row(&mut out, r, addrs, Some(1_700_000_000.0))
+                .unwrap();
         }
         table.finish(&mut out).unwrap();
         String::from_utf8(out).unwrap()
@@ -322,5 +513,113 @@ mod tests {
             .collect();
         let came: Vec<u64> = rows.iter().map(|r| r.id).collect();
         assert_eq!(order, came);
+    }
+
+    /// The integer formatting equals std's `{:.3}` and `{:.1}`, ties and all.
+    #[test]
+    fn fixed_decimals_match_std() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let check = |v: f64, places: u32| {
+            let mut line = Vec::new();
+            push_fixed(&mut line, v, places);
+            let want = format!("{v:.p$}", p = places as usize);
+            assert_eq!(String::from_utf8(line).unwrap(), want, "{v:e} {places}");
+        };
+        for v in [
+            0.0,
+            -0.0,
+            0.0005,
+            0.0015,
+            0.0025,
+            1.0005,
+            2.5,
+            0.05,
+            0.15,
+            0.25,
+            0.35,
+            999.9995,
+            1e-300,
+            5e-324,
+            1e15,
+            9e15,
+            1e300,
+            -1.5,
+            f64::NAN,
+            f64::INFINITY,
+            0.012,
+            60.0,
+        ] {
+            check(v, 3);
+            check(v, 1);
+        }
+        let mut runner = TestRunner::new_with_rng(
+            Config {
+                cases: 50_000,
+                ..Config::default()
+            },
+            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        );
+        runner
+            .run(
+                &(any::<f64>(), 0u64..100_000_000, 0u64..1_000_000_000_000),
+                |(random, millis_x2, micros)| {
+                    check(random.abs(), 3);
+                    check(random.abs(), 1);
+                    // Exact ties of the last place, and times as reports make them.
+                    check(millis_x2 as f64 / 2000.0, 3);
+                    check(micros as f64 / 1e6, 3);
+                    check(micros as f64 / 1e6, 1);
+                    check(micros as f64 / 1e3, 3);
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    /// A streamed line is the line `write_table_line` makes from the row's cells, to the
+    /// byte, for all kinds of rows and column widths.
+    #[test]
+    fn streamed_line_equals_table_line() {
+        let mut rows = rows(300);
+        for (i, r) in rows.iter_mut().enumerate() {
+            if i % 4 == 1 {
+                r.client = "[2001:db8::1]:40000".into();
+            }
+            if i % 5 == 2 {
+                r.syn_retransmits = 3;
+                r.client_state_inferred = true;
+            }
+            if i % 3 == 1 {
+                r.handshake_time = Some(i as f64 * 0.0123);
+                r.client_time_wait_duration = Some(i as f64 * 0.25);
+                r.client_time_wait_end = Some("capture_ended");
+                r.server_time_wait_duration = Some(60.0);
+                r.server_time_wait_end = Some("expired");
+                r.first_closer = Some("client");
+                r.client_bytes = 1 << 40;
+            }
+            r.duration = i as f64 * 1.0005;
+        }
+        for widths in [
+            vec![0; 13],
+            vec![12; 13],
+            vec![3, 30, 9, 1, 50, 0, 0, 7, 2, 40, 5, 6, 8],
+        ] {
+            for r in &rows {
+                let base = 1_699_999_990.5;
+                let client: SockAddr = r.client.parse().unwrap();
+                let server: SockAddr = r.server.parse().unwrap();
+                let mut fast = Vec::new();
+                push_line(&mut fast, r, client, server, base, &widths);
+                let mut slow = Vec::new();
+                let row = cells(r, client.to_string(), server.to_string(), base);
+                crate::report::write_table_line(&mut slow, &row, &widths).unwrap();
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap()
+                );
+            }
+        }
     }
 }
