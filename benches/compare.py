@@ -22,13 +22,16 @@ median, CPU time (user + system) too, as it suffers less when other work shares 
 (the load average is printed); peak memory is the child's maximum resident set size (GNU
 time's %M), the largest over runs.
 "B/conn" is tcpstate's peak memory above its base (its peak on a one-connection capture)
-divided by the connections it tracked (`tcpstate summary`). Not a test: nothing is asserted.
+divided by the connections it tracked (`tcpstate summary`); "B/alive conn" divides it by
+the most connections tracked at once (the counters' `connections tracked at once, at most`),
+what memory follows once records are written as they end. Not a test: nothing is asserted.
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -138,6 +141,11 @@ def run_capture(name, path, args, binary, tmp):
     if s.returncode != 0:
         die("tcpstate summary failed on %s: %s" % (path, s.stderr.strip()))
     conns = json.loads(s.stdout)["connections"]
+    # The most connections alive at once, from the counters on standard error.
+    c = subprocess.run([binary, "states", "-r", path], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    m = re.search(r"(\d+)\s+connections tracked at once, at most", c.stderr)
+    alive = int(m.group(1)) if m else 0
     _, _, base, rc, _, err = measure([binary, "conns", "-q", "--format", "json", "-r", TINY])
     if rc != 0:
         die("tcpstate failed on %s: %s" % (TINY, err.strip()))
@@ -185,21 +193,24 @@ def run_capture(name, path, args, binary, tmp):
             rows.append((label, wall, cpu, rss, False, 1, note))
     floor, floor_cpu = rows[1][1], rows[1][2]
     return {"name": name, "path": path, "size": size, "packets": packets, "conns": conns,
+            "alive": alive,
             "base": base, "rows": rows, "floor": floor, "floor_cpu": floor_cpu,
             "load": os.getloadavg()[0]}
 
 
 def table(res, markdown):
     head = ["what", "runs", "median wall s", "median CPU s", "packets/s", "peak MB", "x floor",
-            "x floor (CPU)", "B/conn"]
+            "x floor (CPU)", "B/conn", "B/alive conn"]
     lines = []
     for label, wall, cpu, rss, ours, runs, note in res["rows"]:
         if wall is None:
-            cells = [label, "0", "", "", "", "", "", "", note]
+            cells = [label, "0", "", "", "", "", "", "", "", note]
         else:
-            per_conn = ""
+            per_conn = per_alive = ""
             if ours and res["conns"]:
                 per_conn = "%.0f" % (max(rss - res["base"], 0) / res["conns"])
+            if ours and res["alive"]:
+                per_alive = "%.0f" % (max(rss - res["base"], 0) / res["alive"])
             rate = "" if label.startswith("`cat`") else fmt_rate(res["packets"], wall)
             wall_s = "%.3f" % wall if wall < 10 else "%.1f" % wall
             peak = "%.1f" % (rss / 1e6)
@@ -208,7 +219,7 @@ def table(res, markdown):
             cpu_s = "%.2f" % cpu if cpu < 10 else "%.1f" % cpu
             cpu_x = "%.1f" % (cpu / res["floor_cpu"]) if res["floor_cpu"] else ""
             cells = [label, str(runs), wall_s, cpu_s, rate, peak, "%.1f" % (wall / res["floor"]),
-                     cpu_x, " ".join(x for x in (per_conn, note) if x)]
+                     cpu_x, per_conn, " ".join(x for x in (per_alive, note) if x)]
         lines.append(cells)
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -259,9 +270,9 @@ def main():
             load_before = os.getloadavg()[0]
             res = run_capture(name, path, args, args.binary, tmp)
             print()
-            line = ("%s.pcap: %d packets, %.0f MB, %d connections; tcpstate base %.1f MB; "
-                    "load average %.2f before, %.2f after"
-                    % (name, res["packets"], res["size"] / 1e6, res["conns"],
+            line = ("%s.pcap: %d packets, %.0f MB, %d connections (at most %d at once); "
+                    "tcpstate base %.1f MB; load average %.2f before, %.2f after"
+                    % (name, res["packets"], res["size"] / 1e6, res["conns"], res["alive"],
                        res["base"] / 1e6, load_before, res["load"]))
             print(("**%s**" % line) if args.markdown else line)
             if args.markdown:
