@@ -96,6 +96,13 @@ fn read_one<'r>(
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureError> {
+    let head = read_head(source, &mut input)?;
+    read_parsed(source, head, input, counters, on_packet)
+}
+
+/// Reads the first block of a capture (the pcap header, a pcapng section header), after
+/// checking it is one: a known magic and whole header. The result is at least 24 bytes.
+fn read_head(source: &str, input: &mut dyn Read) -> Result<Vec<u8>, CaptureError> {
     let err = |kind| CaptureError {
         source: source.to_string(),
         kind,
@@ -143,6 +150,21 @@ fn read_one<'r>(
             packets: 0,
         }));
     }
+    Ok(head)
+}
+
+/// Reads a capture with `pcap-parser`, from its first block `head` on.
+fn read_parsed<'r>(
+    source: &str,
+    head: Vec<u8>,
+    input: Box<dyn Read + Send + 'r>,
+    counters: &mut ContainerCounters,
+    on_packet: &mut PacketFn<'_>,
+) -> Result<ControlFlow<()>, CaptureError> {
+    let err = |kind| CaptureError {
+        source: source.to_string(),
+        kind,
+    };
     let chained: Box<dyn Read + Send + 'r> = Box::new(std::io::Cursor::new(head).chain(input));
     let mut reader = pcap_parser::create_reader(BUFFER_BYTES, chained).map_err(|e| match e {
         PcapError::HeaderNotRecognized => err(CaptureErrorKind::NotACapture {
