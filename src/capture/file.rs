@@ -378,7 +378,8 @@ fn read_parsed<'r>(
     }
 }
 
-/// Bytes read at once from a classic pcap: large sequential reads, few system calls.
+/// Bytes read at once from a classic pcap: few system calls (1 to 4 MiB read equally fast,
+/// 16 MiB is slower, as the buffer no longer stays in cache).
 const CLASSIC_BUFFER_BYTES: usize = 4 << 20;
 
 /// Reads a classic pcap from its 24-byte header `head` on, walking records straight over one
@@ -389,7 +390,7 @@ const CLASSIC_BUFFER_BYTES: usize = 4 << 20;
 fn read_classic<'r>(
     source: &str,
     head: Vec<u8>,
-    mut input: Box<dyn Read + Send + 'r>,
+    input: Box<dyn Read + Send + 'r>,
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureError> {
@@ -411,28 +412,62 @@ fn read_classic<'r>(
         header[0..4],
         [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d]
     );
-    let u32_at = |b: &[u8], at: usize| {
-        let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+    let u32_at = |at: usize| {
+        let v = [header[at], header[at + 1], header[at + 2], header[at + 3]];
         if big_endian {
             u32::from_be_bytes(v)
         } else {
             u32::from_le_bytes(v)
         }
     };
-    let snaplen = u32_at(header, 16);
-    let linktype = u32_at(header, 20) as i32;
+    let snaplen = u32_at(16);
+    let linktype = u32_at(20) as i32;
     if LinkType::from_linktype(linktype).is_none() {
         return Err(err(CaptureErrorKind::UnsupportedLinkType { linktype }));
     }
-    // Over snaplen, and over what any pcap writer would snap to.
-    let caplen_limit = if snaplen == 0 {
-        u32::MAX
-    } else {
-        snaplen.max(262_144)
+    let file = Classic {
+        linktype,
+        nanos_per_unit: if nanos { 1 } else { 1000 },
+        // Over snaplen, and over what any pcap writer would snap to.
+        caplen_limit: if snaplen == 0 {
+            u32::MAX
+        } else {
+            snaplen.max(262_144)
+        },
     };
+    // One copy of the record loop per byte order: no test of the order per field.
+    let walk = if big_endian {
+        walk_records::<true>
+    } else {
+        walk_records::<false>
+    };
+    walk(&file, first_bytes, input, counters, on_packet).map_err(err)
+}
 
-    let mut buf = vec![0u8; CLASSIC_BUFFER_BYTES];
-    // The peek may have read into the first record.
+/// What the record loop needs from a classic pcap's header.
+struct Classic {
+    linktype: i32,
+    nanos_per_unit: i64,
+    caplen_limit: u32,
+}
+
+/// The record loop of [`read_classic`]: `first_bytes` are those read past the header.
+fn walk_records<const BIG_ENDIAN: bool>(
+    file: &Classic,
+    first_bytes: &[u8],
+    mut input: Box<dyn Read + Send + '_>,
+    counters: &mut ContainerCounters,
+    on_packet: &mut PacketFn<'_>,
+) -> Result<ControlFlow<()>, CaptureErrorKind> {
+    let u32_at = |b: &[u8], at: usize| {
+        let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if BIG_ENDIAN {
+            u32::from_be_bytes(v)
+        } else {
+            u32::from_le_bytes(v)
+        }
+    };
+    let mut buf = vec![0u8; CLASSIC_BUFFER_BYTES.max(first_bytes.len())];
     buf[..first_bytes.len()].copy_from_slice(first_bytes);
     // buf[at..end] is read and not yet handed over; it starts at byte `offset` of the file.
     let mut at = 0;
@@ -444,29 +479,30 @@ fn read_classic<'r>(
         // Hand over every whole record read so far: a pipe's records go out as they come.
         let need = loop {
             let rest = &buf[at..end];
+            // The length is checked as soon as its 12 bytes are in, as pcap-parser's caller did.
             if rest.len() < 12 {
                 break 16;
             }
             let caplen = u32_at(rest, 8);
             // Corrupt whatever follows: say so before reading on to find the record's end.
             if caplen as usize > MAX_RECORD_BYTES {
-                return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
+                return Err(CaptureErrorKind::RecordTooLarge { offset, packets });
             }
             let len = 16 + caplen as usize;
-            let Some(data) = rest.get(16..len) else {
+            let Some((head, data)) = rest.get(..len).and_then(|r| r.split_first_chunk::<16>())
+            else {
                 break len;
             };
-            if caplen > caplen_limit {
+            if caplen > file.caplen_limit {
                 counters.caplen_over_snaplen += 1;
             }
-            let frac = i64::from(u32_at(rest, 4));
-            let frac = if nanos { frac } else { frac * 1000 };
+            let frac = i64::from(u32_at(head, 4)) * file.nanos_per_unit;
             packets += 1;
             let flow = on_packet(&RawPacket {
-                ts: Ts::from_parts(i64::from(u32_at(rest, 0)), frac),
-                linktype,
+                ts: Ts::from_parts(i64::from(u32_at(head, 0)), frac),
+                linktype: file.linktype,
                 data,
-                orig_len: u32_at(rest, 12),
+                orig_len: u32_at(head, 12),
             });
             if flow.is_break() {
                 return Ok(ControlFlow::Break(()));
@@ -478,7 +514,7 @@ fn read_classic<'r>(
             if at == end {
                 return Ok(ControlFlow::Continue(()));
             }
-            return Err(err(CaptureErrorKind::Truncated { offset, packets }));
+            return Err(CaptureErrorKind::Truncated { offset, packets });
         }
         // Move the partial record to the front; grow for a record larger than the buffer.
         buf.copy_within(at..end, 0);
@@ -489,7 +525,7 @@ fn read_classic<'r>(
         }
         if end == buf.len() {
             // A record within 16 bytes of the limit fills the largest buffer: it does not fit.
-            return Err(err(CaptureErrorKind::RecordTooLarge { offset, packets }));
+            return Err(CaptureErrorKind::RecordTooLarge { offset, packets });
         }
         loop {
             match input.read(&mut buf[end..]) {
@@ -497,7 +533,7 @@ fn read_classic<'r>(
                 Ok(n) => end += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // pcap-parser's message, kept.
-                Err(_) => return Err(err(CaptureErrorKind::Read("ReadError".into()))),
+                Err(_) => return Err(CaptureErrorKind::Read("ReadError".into())),
             }
             break;
         }
