@@ -477,11 +477,11 @@ fn walk_records<const BIG_ENDIAN: bool>(
     let mut at_eof = false;
     loop {
         // Hand over every whole record read so far: a pipe's records go out as they come.
-        let need = loop {
+        loop {
             let rest = &buf[at..end];
             // The length is checked as soon as its 12 bytes are in, as pcap-parser's caller did.
             if rest.len() < 12 {
-                break 16;
+                break;
             }
             let caplen = u32_at(rest, 8);
             // Corrupt whatever follows: say so before reading on to find the record's end.
@@ -491,7 +491,7 @@ fn walk_records<const BIG_ENDIAN: bool>(
             let len = 16 + caplen as usize;
             let Some((head, data)) = rest.get(..len).and_then(|r| r.split_first_chunk::<16>())
             else {
-                break len;
+                break;
             };
             if caplen > file.caplen_limit {
                 counters.caplen_over_snaplen += 1;
@@ -509,23 +509,25 @@ fn walk_records<const BIG_ENDIAN: bool>(
             }
             at += len;
             offset += len as u64;
-        };
+        }
         if at_eof {
             if at == end {
                 return Ok(ControlFlow::Continue(()));
             }
             return Err(CaptureErrorKind::Truncated { offset, packets });
         }
-        // Move the partial record to the front; grow for a record larger than the buffer.
+        // Move the partial record to the front.
         buf.copy_within(at..end, 0);
         end -= at;
         at = 0;
-        if need > buf.len() {
-            buf.resize(need.next_power_of_two().min(MAX_RECORD_BYTES), 0);
-        }
         if end == buf.len() {
-            // A record within 16 bytes of the limit fills the largest buffer: it does not fit.
-            return Err(CaptureErrorKind::RecordTooLarge { offset, packets });
+            // It fills the buffer: grow as its bytes come, not by its length field, which
+            // may claim 64 MiB in a file of a few bytes.
+            if buf.len() >= MAX_RECORD_BYTES {
+                // Within 16 bytes of the limit: it does not fit.
+                return Err(CaptureErrorKind::RecordTooLarge { offset, packets });
+            }
+            buf.resize((buf.len() * 2).min(MAX_RECORD_BYTES), 0);
         }
         loop {
             match input.read(&mut buf[end..]) {
