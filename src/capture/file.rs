@@ -969,6 +969,31 @@ mod tests {
         );
     }
 
+    /// Fails with `Interrupted` on every other call (a signal during `read`).
+    struct Interrupting<'a>(&'a [u8], bool);
+
+    impl Read for Interrupting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = !self.1;
+            if self.1 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.0.len().min(buf.len()).min(50);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn interrupted_reads_are_retried() {
+        // pcap-parser gave up ("ReadError") on an interrupted read past the header.
+        let recs = some_recs();
+        let bytes = pcap(false, false, 0, 1, &recs);
+        let out = run(Box::new(Interrupting(&bytes, false)), None, false);
+        assert_eq!(out, new_reader(&bytes));
+    }
+
     fn committed_pcaps() -> Vec<PathBuf> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let mut paths = Vec::new();
