@@ -27,8 +27,9 @@ impl FlowKey {
 
 /// The same hash for both directions of a 4-tuple, from integers rather than `IpAddr`'s
 /// derived ordering and hashing (byte by byte), which cost more than the rest of the lookup.
-/// Symmetric, so `--threads` can also shard by it.
-fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u64 {
+/// Symmetric, so `--threads` can also shard by it. 32 bits of it are kept in the index, so
+/// that growing the index never reads the records (`spread` makes the table's hash of them).
+fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
     fn bits(s: SockAddr) -> (u128, u16) {
         match s.ip {
             IpAddr::V4(v4) => (u128::from(u32::from(v4)), s.port),
@@ -38,7 +39,13 @@ fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u64 {
     let (x, y) = (bits(a), bits(b));
     let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
     let ports = (u32::from(lo.1) << 16) | u32::from(hi.1);
-    hasher.hash_one((lo.0, hi.0, ports, a.ip.is_ipv6()))
+    (hasher.hash_one((lo.0, hi.0, ports, a.ip.is_ipv6())) >> 32) as u32
+}
+
+/// The index's 64-bit hash from a kept 32-bit one: a multiply by an odd constant spreads
+/// it over the top bits hashbrown takes its tags from and the low bits it takes buckets from.
+fn spread(short: u32) -> u64 {
+    u64::from(short).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Is `conn` the record of the 4-tuple (a, b), in either direction?
@@ -85,10 +92,10 @@ pub struct FlowTable {
     /// The live records, in chunks that never move: memory follows the connections alive at
     /// once, and growing the index moves no records.
     records: Slab,
-    /// Slot of each live record, found by the hash of its 4-tuple (4 bytes a bucket; the key
+    /// Slot of each live record and 32 bits of its tuple's hash (8 bytes a bucket; the key
     /// is the record's own addresses). foldhash with a random seed: fast, and keys an
     /// attacker chooses do not collide at will.
-    index: HashTable<SlotId>,
+    index: HashTable<(SlotId, u32)>,
     hasher: DefaultHashBuilder,
     /// Records that have ended (superseded by a reuse of their 4-tuple, over for 2MSL,
     /// expired or evicted), in the order they ended, until someone takes them.
@@ -124,18 +131,20 @@ impl FlowTable {
 
     /// The live record on `key`.
     pub fn find(&self, key: FlowKey) -> Option<&Connection> {
-        let hash = tuple_hash(&self.hasher, key.0, key.1);
+        let short = tuple_hash(&self.hasher, key.0, key.1);
         let records = &self.records;
         self.index
-            .find(hash, |&slot| holds(records.get(slot), key.0, key.1))
-            .map(|&slot| records.get(slot))
+            .find(spread(short), |&(slot, s)| {
+                s == short && holds(records.get(slot), key.0, key.1)
+            })
+            .map(|&(slot, _)| records.get(slot))
     }
 
     /// Takes the record in `slot` out of the table.
     fn remove(&mut self, slot: SlotId) -> Connection {
         let conn = self.records.remove(slot);
-        let hash = tuple_hash(&self.hasher, conn.ends[0].addr, conn.ends[1].addr);
-        if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
+        let short = tuple_hash(&self.hasher, conn.ends[0].addr, conn.ends[1].addr);
+        if let Ok(entry) = self.index.find_entry(spread(short), |&(s, _)| s == slot) {
             entry.remove();
         }
         conn
@@ -172,20 +181,19 @@ impl FlowTable {
         sink: &mut TransitionSink<'_>,
     ) -> u64 {
         self.sweep_if_due(ts, cfg, sink);
-        let hash = tuple_hash(&self.hasher, seg.src, seg.dst);
+        let short = tuple_hash(&self.hasher, seg.src, seg.dst);
         let records = &self.records;
-        let Some(&slot) = self
-            .index
-            .find(hash, |&slot| holds(records.get(slot), seg.src, seg.dst))
-        else {
-            return self.insert_new(hash, seg, ts, packet, cfg, sink);
+        let Some(&(slot, _)) = self.index.find(spread(short), |&(slot, s)| {
+            s == short && holds(records.get(slot), seg.src, seg.dst)
+        }) else {
+            return self.insert_new(short, seg, ts, packet, cfg, sink);
         };
         // A record past its deadline ends now, whether or not a sweep has come by, so that
         // results never depend on when sweeps happen.
         if ts > self.records.get(slot).idle_deadline(cfg) {
             let conn = self.remove(slot);
             self.end_idle(conn, cfg, sink);
-            return self.insert_new(hash, seg, ts, packet, cfg, sink);
+            return self.insert_new(short, seg, ts, packet, cfg, sink);
         }
         let conn = self.records.get_mut(slot);
         let side = conn.side_of(seg.src);
@@ -209,7 +217,7 @@ impl FlowTable {
     /// A record for a 4-tuple with none, after making room under `--max-conns`.
     fn insert_new(
         &mut self,
-        hash: u64,
+        short: u32,
         seg: &Segment,
         ts: Ts,
         packet: u64,
@@ -226,11 +234,8 @@ impl FlowTable {
         conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
         let slot = self.records.insert(conn);
         self.counters.peak_live = self.counters.peak_live.max(self.records.len() as u64);
-        let (hasher, records) = (&self.hasher, &self.records);
-        self.index.insert_unique(hash, slot, |&s| {
-            let c = records.get(s);
-            tuple_hash(hasher, c.ends[0].addr, c.ends[1].addr)
-        });
+        self.index
+            .insert_unique(spread(short), (slot, short), |&(_, s)| spread(s));
         id
     }
 
