@@ -379,8 +379,9 @@ fn read_parsed<'r>(
 }
 
 /// Bytes read at once from a classic pcap: few system calls (1 to 4 MiB read equally fast,
-/// 16 MiB is slower, as the buffer no longer stays in cache).
-const CLASSIC_BUFFER_BYTES: usize = 4 << 20;
+/// 16 MiB is slower, as the buffer no longer stays in cache), and 1 MiB keeps the peak
+/// memory 3 MiB lower than 4 MiB would.
+const CLASSIC_BUFFER_BYTES: usize = 1 << 20;
 
 /// Reads a classic pcap from its 24-byte header `head` on, walking records straight over one
 /// buffer: no per-packet allocation or copy. Accepts and rejects what `pcap-parser` (0.17)
