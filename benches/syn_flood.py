@@ -80,8 +80,10 @@ def main():
         size = os.path.getsize(path)
         print("capture: %d SYNs, %.0f MB; %s" % (args.syns, size / 1e6, time.strftime("%Y-%m-%d")))
         print("%-24s %10s %14s %12s %10s" % ("run", "wall s", "packets/s", "peak MB", "finding"))
-        configs = [["--max-conns", l] for l in args.limits.split(",") if l] + [[]]
-        configs.sort(key=lambda c: int(c[1]) if c else 1 << 62)
+        # The default (no flag) is --max-conns 1000000; 0 turns the limit off.
+        configs = [["--max-conns", l] for l in args.limits.split(",") if l]
+        configs.sort(key=lambda c: int(c[1]))
+        configs += [[], ["--max-conns", "0"]]
         for extra in configs:
             # Each configuration in a fresh child so its peak is its own.
             code = ("import sys; sys.path.insert(0, %r); import syn_flood as b; "
@@ -90,7 +92,8 @@ def main():
             out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                  text=True, check=True).stdout.split()
             wall, peak, found = float(out[0]), int(out[1]), out[2] == "True"
-            label = " ".join(extra) or "no limit"
+            label = {(): "default (1000000)", ("--max-conns", "0"): "no limit (0)"}.get(
+                tuple(extra), " ".join(extra))
             print("%-24s %10.2f %14.0f %12.1f %10s" % (label, wall, args.syns / wall, peak / 1024,
                                                         "syn_flood" if found else "MISSING"))
 
