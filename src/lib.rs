@@ -15,3 +15,17 @@ pub mod report;
 pub mod tcp;
 pub mod time;
 pub mod zeek;
+
+/// A proptest runner with a fixed seed, for the property tests that hold a fast path to the
+/// general code it bypasses: the same cases on every run.
+#[cfg(test)]
+pub(crate) fn seeded_runner(cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    TestRunner::new_with_rng(
+        Config {
+            cases,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    )
+}

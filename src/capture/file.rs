@@ -613,6 +613,13 @@ mod tests {
         run(Box::new(bytes), None, false)
     }
 
+    /// The new reader gives what pcap-parser gives on `bytes`, ending in `want`.
+    fn fails_as_parser_does(bytes: &[u8], want: CaptureErrorKind) {
+        let out = new_reader(bytes);
+        assert_eq!(out, run(Box::new(bytes), None, true));
+        assert_eq!(out.result.map_err(|e| e.kind), Err(want));
+    }
+
     /// A reader that hands out 1 to 7 bytes per call, so every record straddles refills.
     struct Trickle<'a> {
         bytes: &'a [u8],
@@ -745,15 +752,11 @@ mod tests {
         assert_eq!(data, recs.iter().map(|r| &r.data).collect::<Vec<_>>());
         // Cut inside the big record: the same offset as pcap-parser gives.
         let cut = &bytes[..bytes.len() - 200];
-        let out = new_reader(cut);
-        assert_eq!(out, run(Box::new(cut), None, true));
-        assert_eq!(
-            out.result.map_err(|e| e.kind),
-            Err(CaptureErrorKind::Truncated {
-                offset: offset_of(&recs, 1),
-                packets: 1
-            })
-        );
+        let truncated = CaptureErrorKind::Truncated {
+            offset: offset_of(&recs, 1),
+            packets: 1,
+        };
+        fails_as_parser_does(cut, truncated);
     }
 
     #[test]
@@ -843,15 +846,11 @@ mod tests {
         // A whole record of 16 + MAX_RECORD_BYTES bytes does not fit the largest buffer.
         let recs = vec![rec(1, 0, vec![1; 10]), rec(2, 0, vec![0; MAX_RECORD_BYTES])];
         let bytes = pcap(false, false, 0, 1, &recs);
-        let out = new_reader(&bytes);
-        assert_eq!(out, run(Box::new(&bytes[..]), None, true));
-        assert_eq!(
-            out.result.map_err(|e| e.kind),
-            Err(CaptureErrorKind::RecordTooLarge {
-                offset: offset_of(&recs, 1),
-                packets: 1
-            })
-        );
+        let too_large = CaptureErrorKind::RecordTooLarge {
+            offset: offset_of(&recs, 1),
+            packets: 1,
+        };
+        fails_as_parser_does(&bytes, too_large);
     }
 
     #[test]
@@ -941,6 +940,14 @@ mod tests {
         assert_eq!(seen, [2, 2, 4, 5]);
     }
 
+    /// Moves up to `most` bytes from the front of `from` into `buf`.
+    fn give(from: &mut &[u8], buf: &mut [u8], most: usize) -> usize {
+        let n = from.len().min(buf.len()).min(most);
+        buf[..n].copy_from_slice(&from[..n]);
+        *from = &from[n..];
+        n
+    }
+
     struct Failing<'a>(&'a [u8], std::io::ErrorKind);
 
     impl Read for Failing<'_> {
@@ -948,10 +955,7 @@ mod tests {
             if self.0.is_empty() {
                 return Err(self.1.into());
             }
-            let n = self.0.len().min(buf.len()).min(100);
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
+            Ok(give(&mut self.0, buf, 100))
         }
     }
 
@@ -979,10 +983,7 @@ mod tests {
             if self.1 {
                 return Err(std::io::ErrorKind::Interrupted.into());
             }
-            let n = self.0.len().min(buf.len()).min(50);
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
+            Ok(give(&mut self.0, buf, 50))
         }
     }
 

@@ -500,14 +500,7 @@ mod tests {
             b.write(&mut out, payload).unwrap();
             out.split_off(14)
         }
-        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-        let mut runner = TestRunner::new_with_rng(
-            Config {
-                cases: 20_000,
-                ..Config::default()
-            },
-            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
-        );
+        let mut runner = crate::seeded_runner(20_000);
         let strategy = (
             any::<bool>(),
             0usize..60,

@@ -519,7 +519,6 @@ mod tests {
     #[test]
     fn fixed_decimals_match_std() {
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
         let check = |v: f64, places: u32| {
             let mut line = Vec::new();
             push_fixed(&mut line, v, places);
@@ -553,13 +552,7 @@ mod tests {
             check(v, 3);
             check(v, 1);
         }
-        let mut runner = TestRunner::new_with_rng(
-            Config {
-                cases: 50_000,
-                ..Config::default()
-            },
-            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
-        );
+        let mut runner = crate::seeded_runner(50_000);
         runner
             .run(
                 &(any::<f64>(), 0u64..100_000_000, 0u64..1_000_000_000_000),

@@ -366,7 +366,6 @@ mod tests {
     #[test]
     fn whole_micros_match_zmij() {
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
         let zmij_text = |v: f64| zmij::Buffer::new().format_finite(v).to_string();
         for v in [
             1.0,
@@ -395,13 +394,7 @@ mod tests {
         ] {
             assert_eq!(integer_text(v), None, "{v}");
         }
-        let mut runner = TestRunner::new_with_rng(
-            Config {
-                cases: 50_000,
-                ..Config::default()
-            },
-            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
-        );
+        let mut runner = crate::seeded_runner(50_000);
         runner
             .run(
                 &(
