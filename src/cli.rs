@@ -645,8 +645,16 @@ fn run_engine(
     let mut engine = engine.into_inner();
     let watcher = watcher.into_inner();
     watcher.at_end(&mut engine);
+    // Sized once, when the first record is kept: growing by doubling would hold the records
+    // up to three times over.
+    let held = engine.held_connections();
     let mut kept = Vec::new();
-    let mut outcome = engine.finish_each(|conn| kept.extend(watcher.at_finish(conn)));
+    let mut outcome = engine.finish_each(|conn| {
+        if let Some(conn) = watcher.at_finish(conn) {
+            kept.reserve_exact(held.saturating_sub(kept.len()));
+            kept.push(conn);
+        }
+    });
     outcome.connections = kept;
     Ok((outcome, end))
 }

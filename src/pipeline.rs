@@ -274,6 +274,11 @@ impl Engine {
         }
     }
 
+    /// Records `finish` would hand over: the live ones and those ended but not taken.
+    pub fn held_connections(&self) -> usize {
+        self.table.held()
+    }
+
     /// The first packet's time.
     pub fn first_time(&self) -> Option<Ts> {
         self.first_ts
@@ -286,7 +291,8 @@ impl Engine {
 
     /// Ends the run: timers advance to the end time (`--at`, or the last packet).
     pub fn finish(self) -> Outcome {
-        let mut connections = Vec::new();
+        // Sized once: growing by doubling would hold the records up to three times over.
+        let mut connections = Vec::with_capacity(self.held_connections());
         let mut outcome = self.finish_each(|c| connections.push(c));
         outcome.connections = connections;
         outcome

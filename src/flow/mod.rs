@@ -161,6 +161,11 @@ impl FlowTable {
         slots.into_iter().map(|slot| self.remove(slot)).collect()
     }
 
+    /// Records held: live ones and those ended but not yet taken (what `finish` returns).
+    pub fn held(&self) -> usize {
+        self.records.len() + self.ended.len()
+    }
+
     pub fn has_ended(&self) -> bool {
         !self.ended.is_empty()
     }
@@ -343,7 +348,7 @@ impl FlowTable {
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
     ) -> Vec<Connection> {
-        let mut all = Vec::with_capacity(self.ended.len() + self.records.len());
+        let mut all = Vec::with_capacity(self.held());
         self.finish_each(now, cfg, sink, |c| all.push(c));
         all
     }
