@@ -16,7 +16,8 @@ use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStat
 use crate::capture::{ContainerCounters, PacketFn, file};
 use crate::decode::SockAddr;
 use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts, Side};
-use crate::pipeline::{Engine, Outcome, Watch};
+use crate::pipeline::sharded::{MergedSink, ShardedEngine};
+use crate::pipeline::{Engine, Front, Outcome, Watch};
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::{self, conns, diagnose, events, explain, states};
 use crate::time::{Dur, Ts, parse_time_arg};
@@ -133,6 +134,11 @@ pub struct InputArgs {
     /// last packet. Timers run on packet time.
     #[arg(long, value_name = "CLASS=SECS")]
     pub idle_timeout: Vec<String>,
+    /// Spread the work over N threads (files only; `conns`, `states`, `diagnose`,
+    /// `summary`): the same results as one thread, sooner on several cores. `--max-conns`
+    /// then applies to each thread's share of the connections (the limit divided by N).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
     /// Don't print the packet counters on standard error.
     #[arg(short, long)]
     pub quiet: bool,
@@ -583,6 +589,90 @@ fn engine_config(input: &InputArgs) -> Result<EngineConfig, Failure> {
     })
 }
 
+/// `--at`: an absolute time, known before reading, or one relative to the first packet
+/// (checked now, resolved when that packet comes).
+fn parse_stop_at(stop_at: Option<&str>) -> Result<(Option<Ts>, Option<String>), Failure> {
+    let Some(at) = stop_at else {
+        return Ok((None, None));
+    };
+    if at.trim_start().starts_with('+') {
+        parse_time_arg(at, Some(Ts(0))).map_err(usage)?;
+        Ok((None, Some(at.to_string())))
+    } else {
+        Ok((Some(parse_time_arg(at, None).map_err(usage)?), None))
+    }
+}
+
+/// `run_engine` over `--threads` workers, for the reports that take only connection records
+/// (no transitions, no watched packets): the merged records go to `sink`.
+fn run_sharded(
+    input: &InputArgs,
+    stop_at: Option<&str>,
+    sink: &mut dyn MergedSink,
+) -> Result<(Outcome, SourceEnd), Failure> {
+    if input.streams_in() {
+        return Err(usage(
+            "--threads reads files: not a live capture or standard input".into(),
+        ));
+    }
+    let filter = compile_filter(input)?;
+    let cfg = engine_config(input)?;
+    let (stop, mut relative) = parse_stop_at(stop_at)?;
+    let mut engine = ShardedEngine::new(cfg, Front::new(filter, stop), usize::from(input.threads));
+    let mut container = ContainerCounters::default();
+    let result = file::read_files(&input.files, &mut container, &mut |pkt| {
+        if let Some(rel) = relative.take()
+            && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
+        {
+            engine.front.set_stop_after(at);
+        }
+        engine.process(pkt, sink)
+    });
+    let outcome = engine.finish(sink).map_err(input_error)?;
+    let end = SourceEnd {
+        container,
+        live: None,
+        fault: result.err().map(|e| e.to_string()),
+    };
+    Ok((outcome, end))
+}
+
+/// Runs the engine over the input, on `--threads` threads for the reports that allow it
+/// (those that keep every record to the end, here).
+fn run_records(input: &InputArgs, stop_at: Option<&str>) -> Result<(Outcome, SourceEnd), Failure> {
+    if input.threads <= 1 {
+        let keep = Keep {
+            stop_at,
+            ..Keep::default()
+        };
+        return run_engine(input, keep, &mut AtTheEnd);
+    }
+    let mut all = KeepAll::default();
+    let (mut outcome, end) = run_sharded(input, stop_at, &mut all)?;
+    // As one thread hands them over: every record, in id order.
+    all.conns.append(&mut outcome.connections);
+    all.conns.sort_unstable_by_key(|c| c.id);
+    outcome.connections = all.conns;
+    Ok((outcome, end))
+}
+
+/// Keeps every merged record.
+#[derive(Default)]
+struct KeepAll {
+    conns: Vec<Connection>,
+}
+
+impl MergedSink for KeepAll {
+    fn ended(&mut self, conns: &mut Vec<Connection>, _: Ts, _: Option<Ts>) -> ControlFlow<()> {
+        self.conns.append(conns);
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, _end: Option<Ts>, _first: Option<Ts>) {}
+    fn finished(&mut self, conn: Connection) -> Option<Connection> {
+        Some(conn)
+    }
+}
+
 /// Runs the engine over the input. Returns the outcome and what reading left (counters, and
 /// if it stopped early, why).
 fn run_engine(
@@ -590,23 +680,9 @@ fn run_engine(
     keep: Keep<'_>,
     watcher: &mut dyn Watcher,
 ) -> Result<(Outcome, SourceEnd), Failure> {
-    let stop_at = keep.stop_at;
     let filter = compile_filter(input)?;
     let cfg = engine_config(input)?;
-    // Absolute times are known before reading; relative ones need the first packet.
-    let mut stop = None;
-    let mut relative = None;
-    if let Some(at) = stop_at {
-        if at.trim_start().starts_with('+') {
-            relative = Some(at.to_string());
-        } else {
-            stop = Some(parse_time_arg(at, None).map_err(usage)?);
-        }
-    }
-    if let Some(rel) = &relative {
-        // Validate the number now; resolve against the first packet below.
-        parse_time_arg(rel, Some(Ts(0))).map_err(usage)?;
-    }
+    let (stop, mut relative) = parse_stop_at(keep.stop_at)?;
     // Shared by the packet callback and the live tick, which run one after the other.
     let engine = RefCell::new(
         Engine::new(cfg)
@@ -777,6 +853,29 @@ impl ConnsStream {
             }
             _ => ControlFlow::Continue(()),
         }
+    }
+}
+
+impl MergedSink for ConnsStream {
+    fn ended(
+        &mut self,
+        conns: &mut Vec<Connection>,
+        now: Ts,
+        first: Option<Ts>,
+    ) -> ControlFlow<()> {
+        if self.start.is_none() {
+            self.start = first.map(Ts::as_secs_f64);
+        }
+        self.write_rows(conns, now)
+    }
+    fn at_end(&mut self, end: Option<Ts>, first: Option<Ts>) {
+        if self.start.is_none() {
+            self.start = first.map(Ts::as_secs_f64);
+        }
+        self.end = end.unwrap_or_default();
+    }
+    fn finished(&mut self, conn: Connection) -> Option<Connection> {
+        self.at_finish(conn)
     }
 }
 
@@ -1202,6 +1301,21 @@ fn list_interfaces() -> Result<(), Failure> {
     write_out(|out| live::write_interface_list(out, &list))
 }
 
+/// The command, if it asks for `--threads` but runs on one thread only: it needs every
+/// transition or packet in order (`events`, `explain`, `states --interval`, `top`), or its
+/// own tracker (`conns --format zeek`).
+fn single_threaded(command: &Command) -> Option<&'static str> {
+    let (input, name) = match command {
+        Command::Conns(a) if a.format == ConnsFormat::Zeek => (&a.input, "conns --format zeek"),
+        Command::States(a) if a.interval.is_some() => (&a.input, "states --interval"),
+        Command::Events(a) => (&a.input, "events"),
+        Command::Explain(a) => (&a.input, "explain"),
+        Command::Top(a) => (&a.input, "top"),
+        _ => return None,
+    };
+    (input.threads > 1).then_some(name)
+}
+
 pub fn run(cli: Cli) -> Result<(), Failure> {
     if cli.list_interfaces {
         return list_interfaces();
@@ -1212,6 +1326,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .into(),
         ));
     };
+    if let Some(what) = single_threaded(&command) {
+        return Err(usage(format!(
+            "--threads works with conns, states, diagnose and summary, not {what}"
+        )));
+    }
     match command {
         Command::Conns(args) if args.format == ConnsFormat::Zeek => {
             run_zeek(&args.input, args.ignore_checksums)
@@ -1226,7 +1345,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 batch: Vec::new(),
                 end: Ts::default(),
             };
-            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut streaming)?;
+            let (outcome, source_end) = if args.input.threads > 1 {
+                run_sharded(&args.input, None, &mut streaming)?
+            } else {
+                run_engine(&args.input, Keep::default(), &mut streaming)?
+            };
             let _ = streaming.write_batch();
             let _ = streaming.write_tail();
             streaming.stream.finish()?;
@@ -1243,11 +1366,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(every) = &args.interval {
                 return run_interval(&args, every, host);
             }
-            let keep = Keep {
-                stop_at: args.at.as_deref(),
-                ..Keep::default()
-            };
-            let (outcome, source_end) = run_engine(&args.input, keep, &mut AtTheEnd)?;
+            let (outcome, source_end) = run_records(&args.input, args.at.as_deref())?;
             let sel = states::Selection {
                 all: args.all,
                 host,
@@ -1317,7 +1436,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 slow_handshake: seconds_arg("slow-handshake", args.slow_handshake)?,
                 syn_flood: args.syn_flood,
             };
-            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut AtTheEnd)?;
+            let (outcome, source_end) = run_records(&args.input, None)?;
             let found = findings::diagnose(&outcome, &cfg);
             let start = outcome.first_ts.map(report::secs);
             write_out(|out| match args.format {
@@ -1332,7 +1451,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if args.format == Format::Csv {
                 return Err(usage("summary has no CSV form: use --format json".into()));
             }
-            let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut AtTheEnd)?;
+            let (outcome, source_end) = run_records(&args.input, None)?;
             let sum = summary::summarize_all(&outcome.connections);
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_summary_text(out, &sum),

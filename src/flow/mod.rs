@@ -13,6 +13,7 @@ use crate::decode::{Segment, SockAddr, flags};
 use crate::tcp::TcpState;
 use crate::time::{Dur, Ts};
 pub use conn::{Connection, EngineConfig, IdleTimeouts, Side, TransitionSink};
+
 use slab::{Slab, SlotId};
 
 /// A 4-tuple in canonical order (lower address:port first), so both directions meet.
@@ -29,7 +30,7 @@ impl FlowKey {
 /// derived ordering and hashing (byte by byte), which cost more than the rest of the lookup.
 /// Symmetric, so `--threads` can also shard by it. 32 bits of it are kept in the index, so
 /// that growing the index never reads the records (`spread` makes the table's hash of them).
-fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
+pub fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
     fn bits(s: SockAddr) -> (u128, u16) {
         match s.ip {
             IpAddr::V4(v4) => (u128::from(u32::from(v4)), s.port),
@@ -100,9 +101,12 @@ pub struct FlowTable {
     /// Records that have ended (superseded by a reuse of their 4-tuple, over for 2MSL,
     /// expired or evicted), in the order they ended, until someone takes them.
     ended: Vec<Connection>,
-    /// Packet time of the next sweep for connections past their idle deadline.
-    next_sweep: Option<Ts>,
+    /// When to look for connections past their idle deadline.
+    sweeps: SweepSchedule,
     next_id: u64,
+    /// Number each connection by the packet that opened it instead of counting (`--threads`:
+    /// a worker's numbers then sort as the whole capture's, and are renumbered when merged).
+    ids_from_packets: bool,
     pub counters: FlowCounters,
     /// Evicted half-open attempts per server (at most `FLOOD_SERVERS_KEPT` servers).
     pub flood: HashMap<SockAddr, EvictedAttempts>,
@@ -113,6 +117,16 @@ impl FlowTable {
         FlowTable {
             next_id: 1,
             ..Default::default()
+        }
+    }
+
+    /// A table for one worker of a sharded run: connections are numbered by the packet that
+    /// opened them, and sweeps come only from `sweep` (the reader sees every packet's time
+    /// and says when they are due).
+    pub fn for_shard() -> FlowTable {
+        FlowTable {
+            ids_from_packets: true,
+            ..FlowTable::new()
         }
     }
 
@@ -185,7 +199,22 @@ impl FlowTable {
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
     ) -> u64 {
-        self.sweep_if_due(ts, cfg, sink);
+        if self.sweeps.due(ts, cfg) {
+            let idle = self.sweep(ts, cfg, sink);
+            self.ended.extend(idle.into_iter().map(|(_, c)| c));
+        }
+        self.apply(seg, ts, packet, cfg, sink)
+    }
+
+    /// `on_segment` without the sweep that may be due first.
+    pub fn apply(
+        &mut self,
+        seg: &Segment,
+        ts: Ts,
+        packet: u64,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) -> u64 {
         let short = tuple_hash(&self.hasher, seg.src, seg.dst);
         let records = &self.records;
         let Some(&(slot, _)) = self.index.find(spread(short), |&(slot, s)| {
@@ -197,7 +226,8 @@ impl FlowTable {
         // results never depend on when sweeps happen.
         if ts > self.records.get(slot).idle_deadline(cfg) {
             let conn = self.remove(slot);
-            self.end_idle(conn, cfg, sink);
+            let conn = self.end_idle(conn, cfg, sink);
+            self.ended.push(conn);
             return self.insert_new(short, seg, ts, packet, cfg, sink);
         }
         let conn = self.records.get_mut(slot);
@@ -206,17 +236,34 @@ impl FlowTable {
             conn.on_segment(seg, side, ts, packet, cfg, sink);
             return conn.id;
         }
+        let in_time_wait = conn.ends.iter().any(|e| e.state == TcpState::TimeWait);
+        conn.supersede(ts, packet, cfg, sink);
         self.counters.tuple_reuses += 1;
-        if conn.ends.iter().any(|e| e.state == TcpState::TimeWait) {
+        if in_time_wait {
             self.counters.time_wait_reuses += 1;
         }
-        let mut fresh = new_record(&mut self.next_id, &mut self.counters, seg, ts);
+        let mut fresh = self.new_record(seg, ts, packet);
         let id = fresh.id;
-        conn.supersede(ts, packet, cfg, sink);
         fresh.on_segment(seg, fresh.side_of(seg.src), ts, packet, cfg, sink);
-        let old = std::mem::replace(conn, fresh);
+        let old = std::mem::replace(self.records.get_mut(slot), fresh);
         self.ended.push(old);
         id
+    }
+
+    /// A new record whose first packet (number `packet`) is `seg`, numbered, counted.
+    fn new_record(&mut self, seg: &Segment, ts: Ts, packet: u64) -> Connection {
+        let id = if self.ids_from_packets {
+            packet
+        } else {
+            self.next_id
+        };
+        self.next_id += 1;
+        let conn = Connection::new(id, seg, ts);
+        self.counters.connections += 1;
+        if conn.partial {
+            self.counters.midstream_pickups += 1;
+        }
+        conn
     }
 
     /// A record for a 4-tuple with none, after making room under `--max-conns`.
@@ -234,7 +281,7 @@ impl FlowTable {
         {
             self.evict_least_recent(ts, cfg, sink);
         }
-        let mut conn = new_record(&mut self.next_id, &mut self.counters, seg, ts);
+        let mut conn = self.new_record(seg, ts, packet);
         let id = conn.id;
         conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
         let slot = self.records.insert(conn);
@@ -293,35 +340,25 @@ impl FlowTable {
         }
     }
 
-    /// Every so often in packet time, ends the records past their idle deadline. The interval
-    /// is a fraction of the shortest timeout, so a record outlives its deadline by little.
-    fn sweep_if_due(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
-        let due = *self.next_sweep.get_or_insert(now);
-        if now < due {
-            return;
-        }
-        let shortest = [
-            cfg.time_wait,
-            cfg.idle.handshake,
-            cfg.idle.closing,
-            cfg.idle.established,
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or_default();
-        let interval = Dur(shortest.0 / 8).clamp(Dur::from_millis(1000), Dur::from_millis(10_000));
-        self.next_sweep = Some(now.plus(interval));
+    /// Ends the records past their idle deadline at `now`, in (deadline, id) order: the
+    /// table's own order is a random hash order, and every run over the same packets (live or
+    /// from the file, on one thread or several) must end them in the same order. Each comes
+    /// with its deadline, by which the ends of several shards' sweeps are merged.
+    pub fn sweep(
+        &mut self,
+        now: Ts,
+        cfg: &EngineConfig,
+        sink: &mut TransitionSink<'_>,
+    ) -> Vec<(Ts, Connection)> {
         let mut idle: Vec<(Ts, Connection)> = self
             .remove_where(|c| now > c.idle_deadline(cfg))
             .into_iter()
             .map(|c| (c.idle_deadline(cfg), c))
             .collect();
-        // The table's order is a random hash order: end them in deadline order, so that every
-        // run over the same packets (live or from the file) ends them in the same order.
         idle.sort_by_key(|(deadline, c)| (*deadline, c.id));
-        for (_, conn) in idle {
-            self.end_idle(conn, cfg, sink);
-        }
+        idle.into_iter()
+            .map(|(deadline, conn)| (deadline, self.end_idle(conn, cfg, sink)))
+            .collect()
     }
 
     /// Ends a record that has been silent past its deadline: over ones end normally (their
@@ -331,14 +368,14 @@ impl FlowTable {
         mut conn: Connection,
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
-    ) {
+    ) -> Connection {
         let deadline = conn.idle_deadline(cfg);
         conn.advance_time(deadline, cfg, sink);
         if !conn.is_over() {
             conn.rare_mut().expired_at = deadline.into();
             self.counters.expired_idle += 1;
         }
-        self.ended.push(conn);
+        conn
     }
 
     /// Ends every record at `now` and returns all connections in id order.
@@ -391,15 +428,34 @@ impl FlowTable {
     }
 }
 
-/// A new record whose first packet is `seg`, with the next id, counted.
-fn new_record(next_id: &mut u64, counters: &mut FlowCounters, seg: &Segment, ts: Ts) -> Connection {
-    let conn = Connection::new(*next_id, seg, ts);
-    *next_id += 1;
-    counters.connections += 1;
-    if conn.partial {
-        counters.midstream_pickups += 1;
+/// When the flow table looks for connections past their idle deadline: every so often in
+/// packet time, a fraction of the shortest timeout so that a record outlives its deadline by
+/// little. A function of the packet times alone, so a sharded run's reader can keep it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SweepSchedule {
+    next: Option<Ts>,
+}
+
+impl SweepSchedule {
+    /// Is a sweep due at `now` (a TCP segment's time)? If so, the next one is scheduled.
+    pub fn due(&mut self, now: Ts, cfg: &EngineConfig) -> bool {
+        let due = *self.next.get_or_insert(now);
+        if now < due {
+            return false;
+        }
+        let shortest = [
+            cfg.time_wait,
+            cfg.idle.handshake,
+            cfg.idle.closing,
+            cfg.idle.established,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or_default();
+        let interval = Dur(shortest.0 / 8).clamp(Dur::from_millis(1000), Dur::from_millis(10_000));
+        self.next = Some(now.plus(interval));
+        true
     }
-    conn
 }
 
 /// Does this packet open a new connection on a 4-tuple that has a record?

@@ -70,8 +70,8 @@ impl TopStats {
     pub fn from_engine(engine: &Engine, drops: CaptureDrops) -> TopStats {
         let flows = engine.flow_counters();
         TopStats {
-            packets: engine.counters.packets,
-            tcp_packets: engine.counters.tcp,
+            packets: engine.front.counters.packets,
+            tcp_packets: engine.front.counters.tcp,
             connections: flows.connections,
             evicted: flows.evicted,
             drops,

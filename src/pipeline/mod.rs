@@ -1,6 +1,8 @@
 //! The pipeline: capture records → decode → flow table → per-endpoint state machines.
 //! Every packet ends up either in a connection or in a counter that says why not.
 
+pub mod sharded;
+
 use crate::capture::RawPacket;
 use crate::capture::filter::PacketFilter;
 use crate::decode::SockAddr;
@@ -77,14 +79,115 @@ pub struct SeenPacket {
     pub seg: Segment,
 }
 
-pub struct Engine {
-    pub cfg: EngineConfig,
-    table: FlowTable,
+/// What every packet goes through before the flow table: `--at`, the clock, the filter and
+/// the decoder. Packets that go no further are counted here, by why.
+#[derive(Default)]
+pub struct Front {
     filter: Option<PacketFilter>,
     pub counters: PacketCounters,
     first_ts: Option<Ts>,
     clock: Option<Ts>,
     stop_after: Option<Ts>,
+}
+
+/// A TCP segment that passed the front, with its packet time on the engine's clock (never
+/// earlier than the packet before) and its 1-based number over all input.
+#[derive(Clone, Copy, Debug)]
+pub struct Admitted {
+    pub seg: Segment,
+    pub ts: Ts,
+    pub packet: u64,
+}
+
+impl Front {
+    pub fn new(filter: Option<PacketFilter>, stop_after: Option<Ts>) -> Front {
+        Front {
+            filter,
+            stop_after,
+            ..Front::default()
+        }
+    }
+
+    pub fn set_stop_after(&mut self, at: Ts) {
+        self.stop_after = Some(at);
+    }
+
+    /// The first packet's time.
+    pub fn first_time(&self) -> Option<Ts> {
+        self.first_ts
+    }
+
+    /// The latest packet time seen (never goes backwards).
+    pub fn now(&self) -> Option<Ts> {
+        self.clock
+    }
+
+    /// Where the report's clock stops: `--at`, or the last packet.
+    pub fn end_time(&self) -> Option<Ts> {
+        self.stop_after.or(self.clock)
+    }
+
+    /// Counts the packet and returns its TCP segment, if it has one the engine should track.
+    pub fn admit(&mut self, pkt: &RawPacket<'_>) -> Option<Admitted> {
+        self.counters.packets += 1;
+        if let Some(stop) = self.stop_after
+            && pkt.ts != Ts::UNKNOWN
+            && pkt.ts > stop
+        {
+            self.counters.after_stop_time += 1;
+            return None;
+        }
+        let ts = match (pkt.ts, self.clock) {
+            (t, Some(c)) if t == Ts::UNKNOWN || t < c => {
+                if t != Ts::UNKNOWN {
+                    self.counters.time_went_backwards += 1;
+                }
+                c
+            }
+            (t, None) if t == Ts::UNKNOWN => Ts(0),
+            (t, _) => t,
+        };
+        self.clock = Some(ts);
+        self.first_ts.get_or_insert(ts);
+        if let Some(f) = self.filter.as_mut()
+            && !f.matches(pkt.linktype, pkt.data)
+        {
+            self.counters.filtered_out += 1;
+            return None;
+        }
+        let Some(link) = LinkType::from_linktype(pkt.linktype) else {
+            self.counters.unsupported_link += 1;
+            return None;
+        };
+        let cut = (pkt.orig_len as usize) > pkt.data.len();
+        let (decoded, doubt) = decode::decode_checked(link, pkt.data, cut);
+        match doubt {
+            LengthDoubt::None => {}
+            LengthDoubt::Ipv4TotalBelowHeader => self.counters.ipv4_total_below_header += 1,
+            LengthDoubt::IpLengthBeyondFrame => self.counters.ip_length_beyond_frame += 1,
+        }
+        match decoded {
+            Ok(Decoded::Tcp(seg)) => {
+                self.counters.tcp += 1;
+                return Some(Admitted {
+                    seg,
+                    ts,
+                    packet: self.counters.packets,
+                });
+            }
+            Ok(Decoded::NotTcp) => self.counters.not_tcp += 1,
+            Ok(Decoded::NotIp) => self.counters.not_ip += 1,
+            Ok(Decoded::Fragment) => self.counters.ip_fragments += 1,
+            Err(e) => self.counters.undecodable[e.index()] += 1,
+        }
+        None
+    }
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    table: FlowTable,
+    pub front: Front,
     transitions: Option<Vec<Transition>>,
     watch: Option<Watch>,
     watched: Vec<SeenPacket>,
@@ -114,11 +217,7 @@ impl Engine {
         Engine {
             cfg,
             table: FlowTable::new(),
-            filter: None,
-            counters: PacketCounters::default(),
-            first_ts: None,
-            clock: None,
-            stop_after: None,
+            front: Front::default(),
             transitions: None,
             watch: None,
             watched: Vec::new(),
@@ -132,18 +231,18 @@ impl Engine {
     }
 
     pub fn with_filter(mut self, filter: Option<PacketFilter>) -> Engine {
-        self.filter = filter;
+        self.front.filter = filter;
         self
     }
 
     /// Packets later than `at` are counted but not applied; the report is as of `at`.
     pub fn stop_after(mut self, at: Option<Ts>) -> Engine {
-        self.stop_after = at;
+        self.front.stop_after = at;
         self
     }
 
     pub fn set_stop_after(&mut self, at: Ts) {
-        self.stop_after = Some(at);
+        self.front.set_stop_after(at);
     }
 
     pub fn record_transitions(mut self, on: bool) -> Engine {
@@ -162,7 +261,7 @@ impl Engine {
 
     /// The engine's clock: the latest packet time seen (never goes backwards).
     pub fn now(&self) -> Option<Ts> {
-        self.clock
+        self.front.now()
     }
 
     /// Takes the connection records that have ended since the last call, in the order they
@@ -200,77 +299,33 @@ impl Engine {
     }
 
     pub fn process(&mut self, pkt: &RawPacket<'_>) {
-        self.counters.packets += 1;
-        if let Some(stop) = self.stop_after
-            && pkt.ts != Ts::UNKNOWN
-            && pkt.ts > stop
-        {
-            self.counters.after_stop_time += 1;
-            return;
-        }
-        let ts = match (pkt.ts, self.clock) {
-            (t, Some(c)) if t == Ts::UNKNOWN || t < c => {
-                if t != Ts::UNKNOWN {
-                    self.counters.time_went_backwards += 1;
-                }
-                c
-            }
-            (t, None) if t == Ts::UNKNOWN => Ts(0),
-            (t, _) => t,
-        };
-        self.clock = Some(ts);
-        self.first_ts.get_or_insert(ts);
-        if let Some(f) = self.filter.as_mut()
-            && !f.matches(pkt.linktype, pkt.data)
-        {
-            self.counters.filtered_out += 1;
-            return;
-        }
-        let Some(link) = LinkType::from_linktype(pkt.linktype) else {
-            self.counters.unsupported_link += 1;
+        let Some(Admitted { seg, ts, packet }) = self.front.admit(pkt) else {
             return;
         };
-        let cut = (pkt.orig_len as usize) > pkt.data.len();
-        let (decoded, doubt) = decode::decode_checked(link, pkt.data, cut);
-        match doubt {
-            LengthDoubt::None => {}
-            LengthDoubt::Ipv4TotalBelowHeader => self.counters.ipv4_total_below_header += 1,
-            LengthDoubt::IpLengthBeyondFrame => self.counters.ip_length_beyond_frame += 1,
-        }
-        match decoded {
-            Ok(Decoded::Tcp(seg)) => {
-                self.counters.tcp += 1;
-                let packet = self.counters.packets;
-                let recorded = self.transitions.as_ref().map_or(0, Vec::len);
-                let mut sink = self.transitions.as_mut();
-                let conn_id = self
-                    .table
-                    .on_segment(&seg, ts, packet, &self.cfg, &mut sink);
-                if let Some(list) = self.transitions.as_mut() {
-                    for t in &mut list[recorded..] {
-                        if t.packet == packet {
-                            t.cause = Some(seg);
-                        }
-                    }
-                }
-                let watched = match self.watch {
-                    None => false,
-                    Some(Watch::Id(id)) => id == conn_id,
-                    Some(Watch::Tuple(key)) => key == FlowKey::new(seg.src, seg.dst),
-                };
-                if watched {
-                    self.watched.push(SeenPacket {
-                        packet,
-                        ts,
-                        conn_id,
-                        seg,
-                    });
+        let recorded = self.transitions.as_ref().map_or(0, Vec::len);
+        let mut sink = self.transitions.as_mut();
+        let conn_id = self
+            .table
+            .on_segment(&seg, ts, packet, &self.cfg, &mut sink);
+        if let Some(list) = self.transitions.as_mut() {
+            for t in &mut list[recorded..] {
+                if t.packet == packet {
+                    t.cause = Some(seg);
                 }
             }
-            Ok(Decoded::NotTcp) => self.counters.not_tcp += 1,
-            Ok(Decoded::NotIp) => self.counters.not_ip += 1,
-            Ok(Decoded::Fragment) => self.counters.ip_fragments += 1,
-            Err(e) => self.counters.undecodable[e.index()] += 1,
+        }
+        let watched = match self.watch {
+            None => false,
+            Some(Watch::Id(id)) => id == conn_id,
+            Some(Watch::Tuple(key)) => key == FlowKey::new(seg.src, seg.dst),
+        };
+        if watched {
+            self.watched.push(SeenPacket {
+                packet,
+                ts,
+                conn_id,
+                seg,
+            });
         }
     }
 
@@ -281,12 +336,12 @@ impl Engine {
 
     /// The first packet's time.
     pub fn first_time(&self) -> Option<Ts> {
-        self.first_ts
+        self.front.first_time()
     }
 
     /// Where the report's clock stops: `--at`, or the last packet.
     pub fn end_time(&self) -> Option<Ts> {
-        self.stop_after.or(self.clock)
+        self.front.end_time()
     }
 
     /// Ends the run: timers advance to the end time (`--at`, or the last packet).
@@ -319,9 +374,9 @@ impl Engine {
         transitions.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
         Outcome {
             connections: Vec::new(),
-            packets: self.counters,
+            packets: self.front.counters,
             flows,
-            first_ts: self.first_ts,
+            first_ts: self.front.first_ts,
             end_ts: end,
             transitions,
             watched: self.watched,
