@@ -16,7 +16,7 @@ use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStat
 use crate::capture::{ContainerCounters, PacketFn, file};
 use crate::decode::SockAddr;
 use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts, Side};
-use crate::pipeline::sharded::{MergedSink, ShardedEngine};
+use crate::pipeline::sharded::{self, MergedSink};
 use crate::pipeline::{Engine, Front, Outcome, Watch};
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::{self, conns, diagnose, events, explain, states};
@@ -608,7 +608,7 @@ fn parse_stop_at(stop_at: Option<&str>) -> Result<(Option<Ts>, Option<String>), 
 fn run_sharded(
     input: &InputArgs,
     stop_at: Option<&str>,
-    sink: &mut dyn MergedSink,
+    sink: &mut (dyn MergedSink + Send),
 ) -> Result<(Outcome, SourceEnd), Failure> {
     if input.streams_in() {
         return Err(usage(
@@ -618,17 +618,20 @@ fn run_sharded(
     let filter = compile_filter(input)?;
     let cfg = engine_config(input)?;
     let (stop, mut relative) = parse_stop_at(stop_at)?;
-    let mut engine = ShardedEngine::new(cfg, Front::new(filter, stop), usize::from(input.threads));
+    let front = Front::new(filter, stop);
+    let threads = usize::from(input.threads);
     let mut container = ContainerCounters::default();
-    let result = file::read_files(&input.files, &mut container, &mut |pkt| {
-        if let Some(rel) = relative.take()
-            && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
-        {
-            engine.front.set_stop_after(at);
-        }
-        engine.process(pkt, sink)
-    });
-    let outcome = engine.finish(sink).map_err(input_error)?;
+    let (result, outcome) = sharded::run(cfg, front, threads, sink, |reader| {
+        file::read_files(&input.files, &mut container, &mut |pkt| {
+            if let Some(rel) = relative.take()
+                && let Ok(at) = parse_time_arg(&rel, Some(pkt.ts))
+            {
+                reader.front.set_stop_after(at);
+            }
+            reader.process(pkt)
+        })
+    })
+    .map_err(input_error)?;
     let end = SourceEnd {
         container,
         live: None,

@@ -28,9 +28,8 @@ impl FlowKey {
 
 /// The same hash for both directions of a 4-tuple, from integers rather than `IpAddr`'s
 /// derived ordering and hashing (byte by byte), which cost more than the rest of the lookup.
-/// Symmetric, so `--threads` can also shard by it. 32 bits of it are kept in the index, so
-/// that growing the index never reads the records (`spread` makes the table's hash of them).
-pub fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
+/// 32 bits of it are kept in the index, so that growing the index never reads the records (`spread` makes the table's hash of them).
+fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
     fn bits(s: SockAddr) -> (u128, u16) {
         match s.ip {
             IpAddr::V4(v4) => (u128::from(u32::from(v4)), s.port),

@@ -17,24 +17,27 @@
 //! One difference: `--max-conns` applies to each worker's table (the limit divided by N), so
 //! when a capture reaches it, which connections are evicted can differ from one thread.
 
+use std::net::IpAddr;
 use std::ops::ControlFlow;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::thread;
 
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::HashMap;
 
 use super::{Admitted, AnomalyTotals, Front, Outcome};
 use crate::capture::RawPacket;
 use crate::decode::SockAddr;
 use crate::flow::{
-    Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowTable, SweepSchedule, tuple_hash,
+    Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowTable, SweepSchedule,
 };
 use crate::time::Ts;
 
 /// Segments a batch holds (over all workers): large enough that handing batches over costs
 /// little, small enough that the merged output follows the input closely.
 const BATCH_SEGMENTS: usize = 8192;
-/// Batches handed out and not yet merged: bounds the memory in flight.
+/// Batches queued for a worker, and results queued for the merge: bounds the memory in flight.
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Records a worker hands over at a time when the run finishes.
 const FINISH_CHUNK: usize = 1024;
@@ -51,9 +54,10 @@ enum Item {
 }
 
 enum ToWorker {
-    Batch(Vec<Item>),
-    /// The input is over: end every record at this time (none if no packet came).
-    Finish(Option<Ts>),
+    /// A batch's items for this worker; `first` is the capture's first packet time.
+    Batch { items: Vec<Item>, first: Option<Ts> },
+    /// The input is over: end every record at `end` (none if no packet came).
+    Finish { end: Option<Ts>, first: Option<Ts> },
 }
 
 /// Where a record's end falls in the run: the packet, then 0 for a sweep's ends (ordered by
@@ -70,8 +74,8 @@ struct Ended {
 /// A worker's results for one batch.
 #[derive(Default)]
 struct BatchDone {
-    /// The batch's emptied list, to reuse.
-    items: Vec<Item>,
+    /// The capture's first packet time, passed on from the reader.
+    first: Option<Ts>,
     /// Packets that opened a connection, in order.
     opened: Vec<u64>,
     ended: Vec<Ended>,
@@ -87,15 +91,14 @@ struct WorkerTotals {
 
 enum FromWorker {
     Batch(BatchDone),
+    /// The input is over (passed on from the reader); the finished records follow.
+    Finishing {
+        end: Option<Ts>,
+        first: Option<Ts>,
+    },
     /// Records still held at the finish, in id order (a chunk of them).
     Finished(Vec<Connection>),
     Done(Box<WorkerTotals>),
-}
-
-struct Worker {
-    to: Sender<ToWorker>,
-    from: Receiver<FromWorker>,
-    handle: Option<JoinHandle<()>>,
 }
 
 /// What the merged results go to.
@@ -113,22 +116,6 @@ pub trait MergedSink {
     fn finished(&mut self, conn: Connection) -> Option<Connection>;
 }
 
-/// A run over several workers. Feed it packets with `process`, then `finish`.
-pub struct ShardedEngine {
-    cfg: EngineConfig,
-    pub front: Front,
-    sweeps: SweepSchedule,
-    hasher: DefaultHashBuilder,
-    workers: Vec<Worker>,
-    /// The batch being filled, one list per worker.
-    filling: Vec<Vec<Item>>,
-    filled: usize,
-    /// Emptied lists to fill again.
-    spare: Vec<Vec<Item>>,
-    in_flight: usize,
-    merge: Merge,
-}
-
 /// The merge's running state.
 #[derive(Default)]
 struct Merge {
@@ -138,53 +125,33 @@ struct Merge {
     live: u64,
     peak_live: u64,
     anomalies: AnomalyTotals,
-    /// Reused between batches.
-    ended: Vec<Ended>,
+    /// The records ended at one packet, handed to the sink together (reused).
     group: Vec<Connection>,
 }
 
-impl ShardedEngine {
-    /// Starts `threads` workers (at least 2: one thread is `Engine`).
-    pub fn new(cfg: EngineConfig, front: Front, threads: usize) -> ShardedEngine {
-        let threads = threads.max(2);
-        let mut worker_cfg = cfg;
-        worker_cfg.max_conns = cfg.max_conns.map(|max| max.div_ceil(threads));
-        let workers = (0..threads)
-            .map(|i| {
-                let (to, inbox) = mpsc::channel();
-                let (outbox, from) = mpsc::channel();
-                let handle = thread::Builder::new()
-                    .name(format!("tcpstate-shard-{i}"))
-                    .spawn(move || work(worker_cfg, inbox, outbox))
-                    .ok();
-                Worker { to, from, handle }
-            })
-            .collect();
-        ShardedEngine {
-            cfg,
-            front,
-            sweeps: SweepSchedule::default(),
-            hasher: DefaultHashBuilder::default(),
-            workers,
-            filling: (0..threads).map(|_| Vec::new()).collect(),
-            filled: 0,
-            spare: Vec::new(),
-            in_flight: 0,
-            merge: Merge {
-                next_id: 1,
-                ..Merge::default()
-            },
-        }
-    }
+/// The reading side of a sharded run: admits each packet and hands its segment to a worker.
+pub struct Reader {
+    cfg: EngineConfig,
+    pub front: Front,
+    sweeps: SweepSchedule,
+    to_workers: Vec<SyncSender<ToWorker>>,
+    /// Emptied lists coming back from the workers, to fill again.
+    spare: Receiver<Vec<Item>>,
+    /// The batch being filled, one list per worker.
+    filling: Vec<Vec<Item>>,
+    filled: usize,
+    /// Set by the merge when the sink asked to stop (the reader of the output went away).
+    stop: Arc<AtomicBool>,
+}
 
-    /// One packet in; merged results that are ready go to `sink`.
-    pub fn process(&mut self, pkt: &RawPacket<'_>, sink: &mut dyn MergedSink) -> ControlFlow<()> {
+impl Reader {
+    /// One packet in.
+    pub fn process(&mut self, pkt: &RawPacket<'_>) -> ControlFlow<()> {
         let Some(admitted) = self.front.admit(pkt) else {
             return ControlFlow::Continue(());
         };
         let sweep = self.sweeps.due(admitted.ts, &self.cfg);
-        let n = self.workers.len();
-        let owner = tuple_hash(&self.hasher, admitted.seg.src, admitted.seg.dst) as usize % n;
+        let owner = owner(admitted.seg.src, admitted.seg.dst, self.filling.len());
         if sweep {
             for (i, list) in self.filling.iter_mut().enumerate() {
                 if i != owner {
@@ -204,134 +171,215 @@ impl ShardedEngine {
         self.filled += 1;
         if self.filled >= BATCH_SEGMENTS {
             self.send_batch();
-            if self.in_flight >= BATCHES_IN_FLIGHT {
-                return self.merge_one(sink);
+            if self.stop.load(Ordering::Relaxed) {
+                return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
     }
 
-    /// Hands the batch being filled to the workers.
+    /// Hands the batch being filled to the workers (every worker gets every batch, empty or
+    /// not, so the merge takes them in step).
     fn send_batch(&mut self) {
-        for (worker, list) in self.workers.iter().zip(self.filling.iter_mut()) {
-            let next = self.spare.pop().unwrap_or_default();
-            let batch = std::mem::replace(list, next);
-            // A worker that is gone has panicked; `finish` reports it.
-            let _ = worker.to.send(ToWorker::Batch(batch));
+        let first = self.front.first_time();
+        for (to, list) in self.to_workers.iter().zip(self.filling.iter_mut()) {
+            let next = self.spare.try_recv().unwrap_or_default();
+            let items = std::mem::replace(list, next);
+            // A worker that is gone has panicked; the merge reports it.
+            let _ = to.send(ToWorker::Batch { items, first });
         }
         self.filled = 0;
-        self.in_flight += 1;
     }
 
-    /// Waits for every worker's results of the oldest batch in flight and merges them.
-    fn merge_one(&mut self, sink: &mut dyn MergedSink) -> ControlFlow<()> {
-        self.in_flight -= 1;
-        let mut done = Vec::with_capacity(self.workers.len());
-        for worker in &self.workers {
-            if let Ok(FromWorker::Batch(d)) = worker.from.recv() {
-                done.push(d);
-            }
-        }
-        for d in &mut done {
-            self.spare.push(std::mem::take(&mut d.items));
-        }
-        self.merge.batch(done, self.front.first_time(), sink)
-    }
-
-    /// Ends the run: every batch is merged, then each worker ends its records at the end
-    /// time and they are merged in id order.
-    pub fn finish(mut self, sink: &mut dyn MergedSink) -> Result<Outcome, String> {
+    /// The input is over: the last batch goes out, and the workers end their records.
+    fn finish(&mut self) {
         if self.filled > 0 {
             self.send_batch();
         }
-        let mut flow = ControlFlow::Continue(());
-        while self.in_flight > 0 {
-            let f = self.merge_one(sink);
-            if f.is_break() {
-                flow = f;
-            }
+        let (end, first) = (self.front.end_time(), self.front.first_time());
+        for to in std::mem::take(&mut self.to_workers) {
+            let _ = to.send(ToWorker::Finish { end, first });
         }
-        let _ = flow;
-        let end = self.front.end_time();
-        sink.at_end(end, self.front.first_time());
-        for worker in &self.workers {
-            let _ = worker.to.send(ToWorker::Finish(end));
+    }
+}
+
+/// Runs `read` (which feeds every packet to the `Reader`) with `threads` workers and a merge
+/// thread that hands the merged records to `sink`. Returns what `read` returned and the
+/// outcome, as `Engine::finish_each` gives it.
+pub fn run<R>(
+    cfg: EngineConfig,
+    front: Front,
+    threads: usize,
+    sink: &mut (dyn MergedSink + Send),
+    read: impl FnOnce(&mut Reader) -> R,
+) -> Result<(R, Outcome), String> {
+    let threads = threads.max(2);
+    let mut worker_cfg = cfg;
+    worker_cfg.max_conns = cfg.max_conns.map(|max| max.div_ceil(threads));
+    thread::scope(|scope| {
+        let (spare_to, spare) = mpsc::channel();
+        let mut to_workers = Vec::new();
+        let mut from_workers = Vec::new();
+        for i in 0..threads {
+            let (to, inbox) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
+            let (outbox, from) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
+            let spare_to = spare_to.clone();
+            thread::Builder::new()
+                .name(format!("tcpstate-shard-{i}"))
+                .spawn_scoped(scope, move || work(worker_cfg, inbox, outbox, spare_to))
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+            to_workers.push(to);
+            from_workers.push(from);
         }
-        // Each worker's remaining records, merged by id (opening packet).
-        let mut heads: Vec<std::vec::IntoIter<Connection>> = self
-            .workers
-            .iter()
-            .map(|_| Vec::new().into_iter())
-            .collect();
-        let mut totals: Vec<Option<Box<WorkerTotals>>> =
-            self.workers.iter().map(|_| None).collect();
-        let mut connections = Vec::new();
-        loop {
-            // Refill the empty heads of workers not done.
-            for (i, worker) in self.workers.iter().enumerate() {
-                while heads[i].len() == 0 && totals[i].is_none() {
-                    match worker.from.recv() {
-                        Ok(FromWorker::Finished(chunk)) => heads[i] = chunk.into_iter(),
-                        Ok(FromWorker::Done(t)) => totals[i] = Some(t),
-                        Ok(FromWorker::Batch(_)) => {}
-                        Err(_) => return Err(worker_failed(i)),
-                    }
-                }
-            }
-            let next = heads
-                .iter()
-                .enumerate()
-                .filter_map(|(i, h)| h.as_slice().first().map(|c| (c.id, i)))
-                .min();
-            let Some((_, i)) = next else { break };
-            let Some(mut conn) = heads[i].next() else {
-                break;
-            };
-            conn.id = self.merge.real_id(conn.id);
-            self.merge.anomalies.add(&conn);
-            if let Some(kept) = sink.finished(conn) {
-                connections.push(kept);
-            }
-        }
-        let mut flows = FlowCounters::default();
-        let mut flood: HashMap<SockAddr, EvictedAttempts> = HashMap::new();
-        for (i, t) in totals.into_iter().enumerate() {
-            let t = t.ok_or_else(|| worker_failed(i))?;
-            add_counters(&mut flows, &t.counters);
-            for (server, a) in t.flood {
-                flood
-                    .entry(server)
-                    .and_modify(|m| {
-                        m.count += a.count;
-                        m.syns += a.syns;
-                        m.first = m.first.min(a.first);
-                        m.last = m.last.max(a.last);
-                    })
-                    .or_insert(a);
-            }
-        }
-        flows.peak_live = self.merge.peak_live;
-        for worker in &mut self.workers {
-            if let Some(handle) = worker.handle.take()
-                && handle.join().is_err()
-            {
-                return Err("a worker thread failed".into());
-            }
-        }
-        let mut evicted_attempts: Vec<_> = flood.into_iter().collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let merge_stop = stop.clone();
+        let merging = thread::Builder::new()
+            .name("tcpstate-merge".into())
+            .spawn_scoped(scope, move || merge_all(&from_workers, sink, &merge_stop))
+            .map_err(|e| format!("cannot start the merge thread: {e}"))?;
+        let mut reader = Reader {
+            cfg,
+            front,
+            sweeps: SweepSchedule::default(),
+            to_workers,
+            spare,
+            filling: (0..threads).map(|_| Vec::new()).collect(),
+            filled: 0,
+            stop,
+        };
+        let result = read(&mut reader);
+        reader.finish();
+        let merged = merging
+            .join()
+            .map_err(|_| "the merge thread failed".to_string())??;
+        let mut evicted_attempts: Vec<_> = merged.flood.into_iter().collect();
         evicted_attempts.sort_by_key(|(k, _)| *k);
-        Ok(Outcome {
-            connections,
-            packets: self.front.counters.clone(),
-            flows,
-            first_ts: self.front.first_time(),
-            end_ts: end,
+        let outcome = Outcome {
+            connections: merged.kept,
+            packets: reader.front.counters.clone(),
+            flows: merged.flows,
+            first_ts: reader.front.first_time(),
+            end_ts: reader.front.end_time(),
             transitions: Vec::new(),
             watched: Vec::new(),
             evicted_attempts,
-            anomalies: self.merge.anomalies,
-        })
+            anomalies: merged.merge.anomalies,
+        };
+        Ok((result, outcome))
+    })
+}
+
+/// What the merge thread ends with.
+struct Merged {
+    merge: Merge,
+    flows: FlowCounters,
+    flood: HashMap<SockAddr, EvictedAttempts>,
+    /// What the sink kept of the records handed over at the finish.
+    kept: Vec<Connection>,
+}
+
+/// The merge thread: batch by batch, then the records each worker holds at the finish.
+fn merge_all(
+    from: &[Receiver<FromWorker>],
+    sink: &mut (dyn MergedSink + Send),
+    stop: &AtomicBool,
+) -> Result<Merged, String> {
+    let mut merge = Merge {
+        next_id: 1,
+        ..Merge::default()
+    };
+    let recv = |i: usize| from[i].recv().map_err(|_| worker_failed(i));
+    // Batches, until the workers say the input is over (all at the same point).
+    let (end, first) = loop {
+        let mut done = Vec::with_capacity(from.len());
+        let mut over = None;
+        for i in 0..from.len() {
+            match recv(i)? {
+                FromWorker::Batch(d) => done.push(d),
+                FromWorker::Finishing { end, first } => over = Some((end, first)),
+                _ => return Err(worker_failed(i)),
+            }
+        }
+        if let Some(over) = over {
+            break over;
+        }
+        if merge.batch(done, sink).is_break() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
+    sink.at_end(end, first);
+    // Each worker's remaining records come in id (opening packet) order: merged by id.
+    let mut heads: Vec<std::vec::IntoIter<Connection>> =
+        from.iter().map(|_| Vec::new().into_iter()).collect();
+    let mut totals: Vec<Option<Box<WorkerTotals>>> = from.iter().map(|_| None).collect();
+    let mut kept = Vec::new();
+    loop {
+        for (i, head) in heads.iter_mut().enumerate() {
+            while head.len() == 0 && totals[i].is_none() {
+                match recv(i)? {
+                    FromWorker::Finished(chunk) => *head = chunk.into_iter(),
+                    FromWorker::Done(t) => totals[i] = Some(t),
+                    _ => return Err(worker_failed(i)),
+                }
+            }
+        }
+        let next = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.as_slice().first().map(|c| (c.id, i)))
+            .min();
+        let Some(mut conn) = next.and_then(|(_, i)| heads[i].next()) else {
+            break;
+        };
+        conn.id = merge.real_id(conn.id);
+        merge.anomalies.add(&conn);
+        if let Some(conn) = sink.finished(conn) {
+            kept.push(conn);
+        }
     }
+    let mut flows = FlowCounters::default();
+    let mut flood: HashMap<SockAddr, EvictedAttempts> = HashMap::new();
+    for (i, t) in totals.into_iter().enumerate() {
+        let t = t.ok_or_else(|| worker_failed(i))?;
+        add_counters(&mut flows, &t.counters);
+        for (server, a) in t.flood {
+            flood
+                .entry(server)
+                .and_modify(|m| {
+                    m.count += a.count;
+                    m.syns += a.syns;
+                    m.first = m.first.min(a.first);
+                    m.last = m.last.max(a.last);
+                })
+                .or_insert(a);
+        }
+    }
+    flows.peak_live = merge.peak_live;
+    Ok(Merged {
+        merge,
+        flows,
+        flood,
+        kept,
+    })
+}
+
+/// Which of `workers` owns a 4-tuple: the same for both directions, since the ends are
+/// combined by XOR. A fixed mix rather than a keyed hash: it only spreads the work of a file,
+/// so a capture made to pile its tuples on one worker makes the run slower, never wrong.
+fn owner(a: SockAddr, b: SockAddr, workers: usize) -> usize {
+    fn fold(s: SockAddr) -> u64 {
+        let ip = match s.ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let x = u128::from(v6);
+                (x as u64) ^ ((x >> 64) as u64)
+            }
+        };
+        // The port in the low 16 bits, the address above it.
+        ip.rotate_left(16) ^ u64::from(s.port)
+    }
+    let mixed = (fold(a) ^ fold(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    ((mixed * workers as u64) >> 32) as usize
 }
 
 fn worker_failed(i: usize) -> String {
@@ -368,9 +416,9 @@ impl Merge {
     fn batch(
         &mut self,
         done: Vec<BatchDone>,
-        first: Option<Ts>,
-        sink: &mut dyn MergedSink,
+        sink: &mut (dyn MergedSink + Send),
     ) -> ControlFlow<()> {
+        let first = done.iter().find_map(|d| d.first);
         // Openings first (an ending in this batch may be of a connection opened in it), in
         // packet order across workers: that is the order one table numbers them in.
         let mut opened: Vec<u64> = done.iter().flat_map(|d| d.opened.iter().copied()).collect();
@@ -395,15 +443,26 @@ impl Merge {
                 self.live = self.live.saturating_sub(1);
             }
         }
-        let mut ended = std::mem::take(&mut self.ended);
-        for d in done {
-            ended.extend(d.ended);
-        }
-        ended.sort_unstable_by_key(|e| e.key);
+        // Each worker's ends are in order already: merged by key, each record moved once.
+        let mut lists: Vec<std::vec::IntoIter<Ended>> =
+            done.into_iter().map(|d| d.ended.into_iter()).collect();
+        debug_assert!(
+            lists
+                .iter()
+                .all(|l| l.as_slice().is_sorted_by_key(|e| e.key))
+        );
         let mut flow = ControlFlow::Continue(());
         let mut group = std::mem::take(&mut self.group);
         let mut group_at: Option<(u64, Ts)> = None;
-        for Ended { key, now, mut conn } in ended.drain(..) {
+        loop {
+            let next = lists
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.as_slice().first().map(|e| (e.key, i)))
+                .min();
+            let Some(Ended { key, now, mut conn }) = next.and_then(|(_, i)| lists[i].next()) else {
+                break;
+            };
             if let Some((packet, at)) = group_at
                 && packet != key.0
             {
@@ -425,18 +484,25 @@ impl Merge {
         }
         group.clear();
         self.group = group;
-        self.ended = ended;
         flow
     }
 }
 
 /// A worker: its own flow table, fed batch by batch.
-fn work(cfg: EngineConfig, inbox: Receiver<ToWorker>, outbox: Sender<FromWorker>) {
+fn work(
+    cfg: EngineConfig,
+    inbox: Receiver<ToWorker>,
+    outbox: SyncSender<FromWorker>,
+    spare: Sender<Vec<Item>>,
+) {
     let mut table = FlowTable::for_shard();
     while let Ok(msg) = inbox.recv() {
         match msg {
-            ToWorker::Batch(mut items) => {
-                let mut done = BatchDone::default();
+            ToWorker::Batch { mut items, first } => {
+                let mut done = BatchDone {
+                    first,
+                    ..BatchDone::default()
+                };
                 for item in items.drain(..) {
                     match item {
                         Item::Sweep { ts, packet } => {
@@ -446,36 +512,20 @@ fn work(cfg: EngineConfig, inbox: Receiver<ToWorker>, outbox: Sender<FromWorker>
                             admitted,
                             sweep_first,
                         } => {
-                            let Admitted { seg, ts, packet } = admitted;
                             if sweep_first {
-                                sweep(&mut table, ts, packet, &cfg, &mut done);
+                                sweep(&mut table, admitted.ts, admitted.packet, &cfg, &mut done);
                             }
-                            let (opened, dropped) =
-                                (table.counters.connections, table.counters.evicted_half_open);
-                            table.apply(&seg, ts, packet, &cfg, &mut None);
-                            if table.counters.connections > opened {
-                                done.opened.push(packet);
-                            }
-                            for _ in dropped..table.counters.evicted_half_open {
-                                done.dropped.push(packet);
-                            }
-                            if table.has_ended() {
-                                let ended = table.take_ended().into_iter().enumerate();
-                                done.ended.extend(ended.map(|(i, conn)| Ended {
-                                    key: (packet, 1, 0, i as u64),
-                                    now: ts,
-                                    conn,
-                                }));
-                            }
+                            apply(&mut table, &admitted, &cfg, &mut done);
                         }
                     }
                 }
-                done.items = items;
+                let _ = spare.send(items);
                 if outbox.send(FromWorker::Batch(done)).is_err() {
                     return;
                 }
             }
-            ToWorker::Finish(end) => {
+            ToWorker::Finish { end, first } => {
+                let _ = outbox.send(FromWorker::Finishing { end, first });
                 let counters = table.counters;
                 let flood = std::mem::take(&mut table.flood);
                 let mut chunk = Vec::with_capacity(FINISH_CHUNK);
@@ -500,6 +550,27 @@ fn work(cfg: EngineConfig, inbox: Receiver<ToWorker>, outbox: Sender<FromWorker>
     }
 }
 
+/// One segment into the table: what it opened, ended or dropped is noted for the merge.
+fn apply(table: &mut FlowTable, admitted: &Admitted, cfg: &EngineConfig, done: &mut BatchDone) {
+    let Admitted { seg, ts, packet } = *admitted;
+    let (opened, dropped) = (table.counters.connections, table.counters.evicted_half_open);
+    table.apply(&seg, ts, packet, cfg, &mut None);
+    if table.counters.connections > opened {
+        done.opened.push(packet);
+    }
+    for _ in dropped..table.counters.evicted_half_open {
+        done.dropped.push(packet);
+    }
+    if table.has_ended() {
+        let ended = table.take_ended().into_iter().enumerate();
+        done.ended.extend(ended.map(|(i, conn)| Ended {
+            key: (packet, 1, 0, i as u64),
+            now: ts,
+            conn,
+        }));
+    }
+}
+
 /// A sweep due at `packet`: its ends are keyed by deadline and id, to merge with the other
 /// workers' ends of the same sweep.
 fn sweep(table: &mut FlowTable, ts: Ts, packet: u64, cfg: &EngineConfig, done: &mut BatchDone) {
@@ -509,5 +580,37 @@ fn sweep(table: &mut FlowTable, ts: Ts, packet: u64, cfg: &EngineConfig, done: &
             now: ts,
             conn,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(ip: IpAddr, port: u16) -> SockAddr {
+        SockAddr { ip, port }
+    }
+
+    #[test]
+    fn both_directions_have_one_owner_and_tuples_spread_over_the_workers() {
+        let server = addr(IpAddr::from([127, 0, 0, 1]), 80);
+        let v6_server = addr("::1".parse().expect("address"), 443);
+        for workers in [2, 3, 4, 8] {
+            let mut load = vec![0usize; workers];
+            for port in 32_768..42_768u16 {
+                let client = addr(IpAddr::from([127, 0, 0, 1]), port);
+                let v6_client = addr("fe80::1".parse().expect("address"), port);
+                for (a, b) in [(client, server), (v6_client, v6_server)] {
+                    let owner = owner(a, b, workers);
+                    assert_eq!(owner, super::owner(b, a, workers));
+                    load[owner] += 1;
+                }
+            }
+            // 20,000 tuples: each worker within a fifth of its fair share.
+            let fair = 20_000 / workers;
+            for n in &load {
+                assert!(n.abs_diff(fair) < fair / 5, "{workers} workers: {load:?}");
+            }
+        }
     }
 }
