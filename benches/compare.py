@@ -13,6 +13,7 @@ capture once so it is in the page cache, then per capture runs, in rounds, `--ru
     plain_read FILE                                  the plain-read floor, no libpcap
     pcap_read FILE                                   the same through pcap_next_ex
     tcpstate conns -q --format json -r FILE > out    (and text `conns`, `diagnose`)
+    tcpstate conns ... --threads 2                   (json and text; `--threads N`, 0: skip)
 
 and the slow peers once each, with a time limit (`--peer-timeout`, `--no-peers` to skip):
 `tshark -q -z conv,tcp -r FILE` and `tcptrace -n FILE`, where installed, each with an
@@ -161,6 +162,14 @@ def run_capture(name, path, args, binary, tmp):
         ("`tcpstate conns` (text) > file", [binary, "conns", "-q", "-r", path], out, True),
         ("`tcpstate diagnose` > file", [binary, "diagnose", "-q", "-r", path], out, True),
     ]
+    if args.threads > 1:
+        t = str(args.threads)
+        fast += [
+            ("`tcpstate conns --format json --threads %s` > file" % t,
+             [binary, "conns", "-q", "--format", "json", "--threads", t, "-r", path], out, True),
+            ("`tcpstate conns --threads %s` (text) > file" % t,
+             [binary, "conns", "-q", "--threads", t, "-r", path], out, True),
+        ]
     results = {label: [] for label, *_ in fast}
     for _ in range(args.runs):
         for label, argv, stdout, _ in fast:
@@ -241,6 +250,8 @@ def main():
     ap.add_argument("--peer-mem-limit", type=float, default=12,
                     help="GiB of address space for tshark and tcptrace (RLIMIT_AS)")
     ap.add_argument("--no-peers", action="store_true", help="skip tshark and tcptrace")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="also run conns with --threads N (0 or 1: don't)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--binary", default=os.path.join(RELEASE, "tcpstate"))

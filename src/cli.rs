@@ -134,9 +134,9 @@ pub struct InputArgs {
     /// last packet. Timers run on packet time.
     #[arg(long, value_name = "CLASS=SECS")]
     pub idle_timeout: Vec<String>,
-    /// Spread the work over N threads (files only; `conns`, `states`, `diagnose`,
-    /// `summary`): the same results as one thread, sooner on several cores. `--max-conns`
-    /// then applies to each thread's share of the connections (the limit divided by N).
+    /// Spread the connections over N worker threads (files only; `conns`, `states`,
+    /// `diagnose`, `summary`): the same output as one thread. `--max-conns` then applies to
+    /// each worker's share (the limit divided by N).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
     /// Don't print the packet counters on standard error.
