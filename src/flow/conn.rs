@@ -154,18 +154,22 @@ pub struct Endpoint {
     pub addr: SockAddr,
     pub state: TcpState,
     pub state_since: Ts,
-    /// Initial sequence number, from its SYN or SYN-ACK.
-    pub isn: Option<u32>,
-    /// One past the highest sequence number it has sent (SYN and FIN count one each).
-    pub snd_nxt: Option<u32>,
-    /// First sequence number seen from it, for byte counts of connections picked up mid-stream.
-    pub first_seq: Option<u32>,
-    /// Sequence number its FIN occupies.
-    pub fin_seq: Option<u32>,
-    pub fin_time: OptTs,
-    /// Last window it advertised, unscaled, and its window-scale option.
+    /// Which of the sequence numbers and options below are known (`KNOWN_*` bits): they are
+    /// plain numbers plus this byte, where `Option<u32>` takes 8 bytes each.
+    known: u8,
+    /// Its window-scale option (see `wscale()`).
+    wscale: u8,
+    /// Last window it advertised, unscaled.
     pub window: u16,
-    pub wscale: Option<u8>,
+    /// Initial sequence number, from its SYN or SYN-ACK (see `isn()`); until that is known,
+    /// the first sequence number seen from it (see `seq_base()`). The first sequence number
+    /// is only taken while the ISN is unknown, and is only wanted then.
+    isn_or_first: u32,
+    /// One past the highest sequence number it has sent (see `snd_nxt()`).
+    snd_nxt: u32,
+    /// Sequence number its FIN occupies (see `fin_seq()`).
+    fin_seq: u32,
+    pub fin_time: OptTs,
     /// SYN or SYN-ACK sends: first and last time and count.
     pub syn_first: OptTs,
     pub syn_last: OptTs,
@@ -187,19 +191,26 @@ pub struct Endpoint {
     pub inferred: bool,
 }
 
+/// `Endpoint::known` bits.
+const KNOWN_ISN: u8 = 1;
+const KNOWN_FIRST_SEQ: u8 = 2;
+const KNOWN_SND_NXT: u8 = 4;
+const KNOWN_FIN_SEQ: u8 = 8;
+const KNOWN_WSCALE: u8 = 16;
+
 impl Endpoint {
     fn new(addr: SockAddr, state: TcpState, ts: Ts) -> Endpoint {
         Endpoint {
             addr,
             state,
             state_since: ts,
-            isn: None,
-            snd_nxt: None,
-            first_seq: None,
-            fin_seq: None,
-            fin_time: OptTs::NONE,
+            known: 0,
+            wscale: 0,
             window: 0,
-            wscale: None,
+            isn_or_first: 0,
+            snd_nxt: 0,
+            fin_seq: 0,
+            fin_time: OptTs::NONE,
             syn_first: OptTs::NONE,
             syn_last: OptTs::NONE,
             syn_prev: OptTs::NONE,
@@ -212,6 +223,60 @@ impl Endpoint {
             time_wait: None,
             inferred: false,
         }
+    }
+
+    fn knows(&self, bit: u8) -> bool {
+        self.known & bit != 0
+    }
+
+    /// Initial sequence number, from its SYN or SYN-ACK.
+    pub fn isn(&self) -> Option<u32> {
+        self.knows(KNOWN_ISN).then_some(self.isn_or_first)
+    }
+
+    fn set_isn(&mut self, isn: u32) {
+        self.isn_or_first = isn;
+        self.known |= KNOWN_ISN;
+    }
+
+    /// The number its sequence numbers count from: the ISN, or when its SYN was not seen the
+    /// first sequence number seen from it (as tcpdump and Wireshark make them relative).
+    pub fn seq_base(&self) -> Option<u32> {
+        self.knows(KNOWN_ISN | KNOWN_FIRST_SEQ)
+            .then_some(self.isn_or_first)
+    }
+
+    /// One past the highest sequence number it has sent (SYN and FIN count one each).
+    pub fn snd_nxt(&self) -> Option<u32> {
+        self.knows(KNOWN_SND_NXT).then_some(self.snd_nxt)
+    }
+
+    fn set_snd_nxt(&mut self, n: u32) {
+        self.snd_nxt = n;
+        self.known |= KNOWN_SND_NXT;
+    }
+
+    /// Sequence number its FIN occupies.
+    pub fn fin_seq(&self) -> Option<u32> {
+        self.knows(KNOWN_FIN_SEQ).then_some(self.fin_seq)
+    }
+
+    /// The first sequence number seen from it, wanted only while its ISN is unknown.
+    fn set_first_seq(&mut self, first: u32) {
+        if !self.knows(KNOWN_ISN) {
+            self.isn_or_first = first;
+        }
+        self.known |= KNOWN_FIRST_SEQ;
+    }
+
+    fn set_fin_seq(&mut self, f: u32) {
+        self.fin_seq = f;
+        self.known |= KNOWN_FIN_SEQ;
+    }
+
+    /// Its window-scale option, from its SYN or SYN-ACK.
+    pub fn wscale(&self) -> Option<u8> {
+        self.knows(KNOWN_WSCALE).then_some(self.wscale)
     }
 
     /// Times of its SYN (or SYN-ACK) sends, once it retransmitted (at most `SYN_TIMES_KEPT`).
@@ -695,14 +760,14 @@ impl Connection {
                 && trusted
                 && r_end.state == SynRecv
                 && r_end
-                    .isn
+                    .isn()
                     .is_some_and(|isn| seq::le(isn.wrapping_add(1), seg.ack));
             if acks_syn {
                 self.apply(from.other(), Event::RecvAckOfSyn, ts, packet, sink);
             }
             let r_end = &self.ends[r];
             let acks_fin = r_end
-                .fin_seq
+                .fin_seq()
                 .is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack));
             if acks_fin && matches!(r_end.state, FinWait1 | Closing | LastAck) {
                 self.apply(from.other(), Event::RecvAckOfFin, ts, packet, sink);
@@ -729,23 +794,23 @@ impl Connection {
             let end = &mut self.ends[from.index()];
             let probe = !seg.has(flags::FIN)
                 && end
-                    .snd_nxt
+                    .snd_nxt()
                     .is_some_and(|n| seq::is_probe(seg.seq, seg.payload_len, n));
             if !probe {
                 let seg_end = seg.seq.wrapping_add(seg.seq_len());
-                match end.snd_nxt {
+                match end.snd_nxt() {
                     Some(n) => {
                         if seq::lt(n, seg_end) {
                             let fin = seg.has(flags::FIN) as u32;
                             let new_bytes = seg_end.wrapping_sub(n).saturating_sub(fin);
                             end.bytes += u64::from(new_bytes.min(seg.payload_len));
-                            end.snd_nxt = Some(seg_end);
+                            end.set_snd_nxt(seg_end);
                         }
                     }
                     None => {
-                        end.first_seq = Some(seg.seq);
+                        end.set_first_seq(seg.seq);
                         end.bytes += u64::from(seg.payload_len);
-                        end.snd_nxt = Some(seg_end);
+                        end.set_snd_nxt(seg_end);
                     }
                 }
             }
@@ -781,7 +846,7 @@ impl Connection {
         let syn = seg.has(flags::SYN);
         let ack = seg.has(flags::ACK);
         if syn && !ack {
-            if self.ends[0].isn != Some(seg.seq) || self.ends[0].state == Closed {
+            if self.ends[0].isn() != Some(seg.seq) || self.ends[0].state == Closed {
                 note_syn_send(&mut self.ends[0], seg, ts);
             }
             // Its own SYN reaches it in SYN_SENT: SYN_RECV, as in a simultaneous open.
@@ -801,11 +866,11 @@ impl Connection {
         self.note_sent_sequence(me, seg);
         if seg.has(flags::FIN) {
             let fin_seq = seg.seq.wrapping_add(seg.payload_len);
-            match self.ends[0].fin_seq {
+            match self.ends[0].fin_seq() {
                 Some(known) if known == fin_seq => self.ends[0].fin_retransmits += 1,
                 Some(_) => self.rare_mut().anomalies.unexplained += 1,
                 None => {
-                    self.ends[0].fin_seq = Some(fin_seq);
+                    self.ends[0].set_fin_seq(fin_seq);
                     self.ends[0].fin_time = ts.into();
                     // It closes (FIN_WAIT1) and its own FIN arrives before the ACK of it: CLOSING.
                     self.apply(me, Event::SentFin, ts, packet, sink);
@@ -815,7 +880,7 @@ impl Connection {
         } else if ack
             && self.ends[0].state == Closing
             && self.ends[0]
-                .fin_seq
+                .fin_seq()
                 .is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack))
         {
             self.apply(me, Event::RecvAckOfFin, ts, packet, sink);
@@ -871,16 +936,16 @@ impl Connection {
         let s = from.index();
         let r = from.other().index();
         let acceptable = self.ends[r]
-            .isn
+            .isn()
             .is_none_or(|isn| isn.wrapping_add(1) == seg.ack);
         if !acceptable {
             self.rare_mut().anomalies.unexplained += 1;
             return;
         }
         let resent_after_ack = !self.simultaneous_open
-            && self.ends[s].isn == Some(seg.seq)
+            && self.ends[s].isn() == Some(seg.seq)
             && self.ends[s].state == Established
-            && self.ends[s].snd_nxt == Some(seg.seq.wrapping_add(1));
+            && self.ends[s].snd_nxt() == Some(seg.seq.wrapping_add(1));
         note_syn_send(&mut self.ends[s], seg, ts);
         if resent_after_ack {
             // The ACK we took as delivered never reached this side.
@@ -893,10 +958,10 @@ impl Connection {
         if from == Side::Server && self.synack_first.is_none() {
             self.synack_first = ts.into();
         }
-        if self.ends[r].isn.is_none() {
+        if self.ends[r].isn().is_none() {
             // The SYN was missed: its sequence number is one below what this SYN-ACK acknowledges.
-            self.ends[r].isn = Some(seg.ack.wrapping_sub(1));
-            self.ends[r].snd_nxt = Some(seg.ack);
+            self.ends[r].set_isn(seg.ack.wrapping_sub(1));
+            self.ends[r].set_snd_nxt(seg.ack);
         }
         self.set_state(from.other(), Event::RecvSynAck, ts, packet, sink);
         if from == Side::Client {
@@ -919,7 +984,7 @@ impl Connection {
             .seq
             .wrapping_add(seg.payload_len)
             .wrapping_add(seg.has(flags::SYN) as u32);
-        if let Some(known) = self.ends[s].fin_seq {
+        if let Some(known) = self.ends[s].fin_seq() {
             if known == fin_seq {
                 self.ends[s].fin_retransmits += 1;
                 // A retransmitted FIN reaching TIME_WAIT restarts its 2MSL timer.
@@ -935,10 +1000,10 @@ impl Connection {
             }
             return;
         }
-        self.ends[s].fin_seq = Some(fin_seq);
+        self.ends[s].set_fin_seq(fin_seq);
         self.ends[s].fin_time = ts.into();
         // The FIN's ACK tells whether the sender had already received the peer's FIN.
-        let peer_fin = self.ends[r].fin_seq;
+        let peer_fin = self.ends[r].fin_seq();
         let crossed = peer_fin
             .is_some_and(|pf| !(seg.has(flags::ACK) && seq::le(pf.wrapping_add(1), seg.ack)))
             && self.ends[s].state == CloseWait;
@@ -950,7 +1015,7 @@ impl Connection {
         }
         if self.ends[r].state == FinWait1
             && !self.ends[r]
-                .fin_seq
+                .fin_seq()
                 .is_some_and(|f| seg.has(flags::ACK) && seq::le(f.wrapping_add(1), seg.ack))
         {
             self.crossed_fins = true;
@@ -973,7 +1038,9 @@ impl Connection {
             // RFC 793: in SYN_SENT a RST is acceptable only if it acknowledges the SYN.
             SynSent => {
                 let ok = seg.has(flags::ACK)
-                    && r_end.isn.is_some_and(|isn| isn.wrapping_add(1) == seg.ack);
+                    && r_end
+                        .isn()
+                        .is_some_and(|isn| isn.wrapping_add(1) == seg.ack);
                 if ok {
                     RstVerdict::Accepted
                 } else {
@@ -982,9 +1049,9 @@ impl Connection {
             }
             // Nothing to protect: a socket already gone, or a listener that never answered.
             Closed | Listen => RstVerdict::Accepted,
-            state => match self.ends[s].snd_nxt {
+            state => match self.ends[s].snd_nxt() {
                 Some(rcv_nxt) => {
-                    let scale = match (r_end.wscale, self.ends[s].wscale) {
+                    let scale = match (r_end.wscale(), self.ends[s].wscale()) {
                         (Some(ws), Some(_)) => u32::from(ws.min(14)),
                         _ => 0,
                     };
@@ -1031,11 +1098,12 @@ impl Connection {
 pub const SYN_TIMES_KEPT: usize = 16;
 
 fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
-    end.isn = Some(seg.seq);
+    end.set_isn(seg.seq);
     let after = seg.seq.wrapping_add(1);
-    end.snd_nxt = Some(end.snd_nxt.map_or(after, |n| seq::max(n, after)));
-    if seg.wscale.is_some() {
-        end.wscale = seg.wscale;
+    end.set_snd_nxt(end.snd_nxt().map_or(after, |n| seq::max(n, after)));
+    if let Some(ws) = seg.wscale {
+        end.wscale = ws;
+        end.known |= KNOWN_WSCALE;
     }
     if seg.has(flags::ACK) {
         end.synack_count += 1;

@@ -420,7 +420,7 @@ fn starts_new_connection(
 ) -> bool {
     let sender = conn.end(side);
     if seg.has(flags::SYN) && !seg.has(flags::ACK) && !seg.has(flags::RST) {
-        if sender.isn == Some(seg.seq) {
+        if sender.isn() == Some(seg.seq) {
             return false; // a retransmission
         }
         let over = conn.is_over() || matches!(sender.state, TcpState::TimeWait | TcpState::Closed);
