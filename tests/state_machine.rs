@@ -466,7 +466,7 @@ fn retransmitted_syns_are_counted_and_the_client_gives_up() {
         .raw(Side::Client, SYN, 1000, 0, 0, 1000);
     let (conns, _) = d.finish(Dur::from_millis(1500));
     assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].end(Side::Client).syn_retransmits(), 2);
+    assert_eq!(conns[0].syn_retransmits(Side::Client), 2);
     assert_eq!(
         conns[0].end(Side::Client).state,
         SynSent,

@@ -155,7 +155,8 @@ pub struct Endpoint {
     pub state: TcpState,
     pub state_since: Ts,
     /// Which of the sequence numbers and options below are known (`KNOWN_*` bits): they are
-    /// plain numbers plus this byte, where `Option<u32>` takes 8 bytes each.
+    /// plain numbers plus this byte, where `Option<u32>` takes 8 bytes each. Also whether it
+    /// sent a SYN, a SYN-ACK (`SENT_*` bits).
     known: u8,
     /// Its window-scale option (see `wscale()`).
     wscale: u8,
@@ -170,19 +171,9 @@ pub struct Endpoint {
     /// Sequence number its FIN occupies (see `fin_seq()`).
     fin_seq: u32,
     pub fin_time: OptTs,
-    /// SYN or SYN-ACK sends: first and last time and count.
+    /// Its first SYN or SYN-ACK send. Counts and later sends of one that sent more than one
+    /// are out of line (`SynResends`), read through `Connection::syn_count` and the like.
     pub syn_first: OptTs,
-    pub syn_last: OptTs,
-    pub syn_prev: OptTs,
-    pub syn_count: u32,
-    pub synack_count: u32,
-    /// Times of its SYN (or SYN-ACK) sends, kept only once it retransmitted (at most
-    /// `SYN_TIMES_KEPT`): the retransmission spacing diagnoses read.
-    /// Boxed so that every record carries one pointer, not a whole Vec, for the few that
-    /// retransmit.
-    #[allow(clippy::box_collection)]
-    syn_times: Option<Box<Vec<Ts>>>,
-    pub fin_retransmits: u32,
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
     pub bytes: u64,
@@ -197,6 +188,22 @@ const KNOWN_FIRST_SEQ: u8 = 2;
 const KNOWN_SND_NXT: u8 = 4;
 const KNOWN_FIN_SEQ: u8 = 8;
 const KNOWN_WSCALE: u8 = 16;
+const SENT_SYN: u8 = 32;
+const SENT_SYNACK: u8 = 64;
+
+/// The SYN and SYN-ACK sends of an endpoint that sent more than one (a retransmission, or a
+/// SYN then a SYN-ACK in a simultaneous open): out of line, since most send one at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SynResends {
+    pub syn_count: u32,
+    pub synack_count: u32,
+    /// The last send, and the one before it.
+    pub last: Ts,
+    pub prev: Ts,
+    /// Times of its sends, the first included (at most `SYN_TIMES_KEPT`): the retransmission
+    /// spacing diagnoses read.
+    pub times: Vec<Ts>,
+}
 
 impl Endpoint {
     fn new(addr: SockAddr, state: TcpState, ts: Ts) -> Endpoint {
@@ -212,12 +219,6 @@ impl Endpoint {
             fin_seq: 0,
             fin_time: OptTs::NONE,
             syn_first: OptTs::NONE,
-            syn_last: OptTs::NONE,
-            syn_prev: OptTs::NONE,
-            syn_count: 0,
-            synack_count: 0,
-            syn_times: None,
-            fin_retransmits: 0,
             packets: 0,
             bytes: 0,
             time_wait: None,
@@ -277,21 +278,6 @@ impl Endpoint {
     /// Its window-scale option, from its SYN or SYN-ACK.
     pub fn wscale(&self) -> Option<u8> {
         self.knows(KNOWN_WSCALE).then_some(self.wscale)
-    }
-
-    /// Times of its SYN (or SYN-ACK) sends, once it retransmitted (at most `SYN_TIMES_KEPT`).
-    pub fn syn_times(&self) -> &[Ts] {
-        self.syn_times.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    /// Retransmissions of its bare SYN.
-    pub fn syn_retransmits(&self) -> u32 {
-        self.syn_count.saturating_sub(1)
-    }
-
-    /// Retransmissions of its SYN-ACK.
-    pub fn synack_retransmits(&self) -> u32 {
-        self.synack_count.saturating_sub(1)
     }
 }
 
@@ -372,7 +358,7 @@ pub struct Connection {
 }
 
 /// The part of a connection record few connections need.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rare {
     /// The first accepted reset.
     pub reset: Option<ResetInfo>,
@@ -381,6 +367,10 @@ pub struct Rare {
     pub evicted_at: OptTs,
     /// Tracking stopped here after an idle timeout: its states are as of this time.
     pub expired_at: OptTs,
+    /// FIN retransmissions, [client, server].
+    pub fin_retransmits: [u32; 2],
+    /// SYN and SYN-ACK sends of a side that sent more than one, [client, server].
+    pub syn_resends: [Option<Box<SynResends>>; 2],
 }
 
 const NOTHING_RARE: Rare = Rare {
@@ -393,6 +383,8 @@ const NOTHING_RARE: Rare = Rare {
     },
     evicted_at: OptTs::NONE,
     expired_at: OptTs::NONE,
+    fin_retransmits: [0, 0],
+    syn_resends: [None, None],
 };
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
@@ -471,6 +463,55 @@ impl Connection {
     /// When tracking stopped after an idle timeout; its states are as of then.
     pub fn expired_at(&self) -> OptTs {
         self.rare().expired_at
+    }
+
+    fn syn_resends(&self, side: Side) -> Option<&SynResends> {
+        self.rare().syn_resends[side.index()].as_deref()
+    }
+
+    /// Bare SYNs `side` sent.
+    pub fn syn_count(&self, side: Side) -> u32 {
+        match self.syn_resends(side) {
+            Some(r) => r.syn_count,
+            None => u32::from(self.ends[side.index()].known & SENT_SYN != 0),
+        }
+    }
+
+    /// SYN-ACKs `side` sent.
+    pub fn synack_count(&self, side: Side) -> u32 {
+        match self.syn_resends(side) {
+            Some(r) => r.synack_count,
+            None => u32::from(self.ends[side.index()].known & SENT_SYNACK != 0),
+        }
+    }
+
+    /// Retransmissions of `side`'s bare SYN.
+    pub fn syn_retransmits(&self, side: Side) -> u32 {
+        self.syn_count(side).saturating_sub(1)
+    }
+
+    /// Retransmissions of `side`'s SYN-ACK.
+    pub fn synack_retransmits(&self, side: Side) -> u32 {
+        self.synack_count(side).saturating_sub(1)
+    }
+
+    /// Times of `side`'s SYN (or SYN-ACK) sends, once it sent more than one (at most
+    /// `SYN_TIMES_KEPT`).
+    pub fn syn_times(&self, side: Side) -> &[Ts] {
+        self.syn_resends(side).map_or(&[], |r| r.times.as_slice())
+    }
+
+    /// `side`'s last SYN or SYN-ACK send, and the one before it.
+    fn syn_last_two(&self, side: Side) -> (Option<Ts>, Option<Ts>) {
+        match self.syn_resends(side) {
+            Some(r) => (Some(r.last), Some(r.prev)),
+            None => (self.ends[side.index()].syn_first.get(), None),
+        }
+    }
+
+    /// Retransmissions of `side`'s FIN.
+    pub fn fin_retransmits(&self, side: Side) -> u32 {
+        self.rare().fin_retransmits[side.index()]
     }
 
     /// Its 4-tuple, as the flow table files it.
@@ -648,7 +689,7 @@ impl Connection {
                     self.set_state(side, Event::TimeWaitExpired, expiry, 0, sink);
                 }
             } else if matches!(end.state, SynSent | SynRecv)
-                && let Some(gave_up) = handshake_give_up_time(end)
+                && let Some(gave_up) = self.handshake_give_up_time(side)
                 && now >= gave_up
             {
                 self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
@@ -678,7 +719,9 @@ impl Connection {
                 }
             }
             SynSent | SynRecv
-                if handshake_give_up_time(end).is_some_and(|gave_up| now >= gave_up) =>
+                if self
+                    .handshake_give_up_time(side)
+                    .is_some_and(|gave_up| now >= gave_up) =>
             {
                 Closed
             }
@@ -847,7 +890,7 @@ impl Connection {
         let ack = seg.has(flags::ACK);
         if syn && !ack {
             if self.ends[0].isn() != Some(seg.seq) || self.ends[0].state == Closed {
-                note_syn_send(&mut self.ends[0], seg, ts);
+                self.note_syn_send(me, seg, ts);
             }
             // Its own SYN reaches it in SYN_SENT: SYN_RECV, as in a simultaneous open.
             self.apply(me, Event::SentSyn, ts, packet, sink);
@@ -867,7 +910,7 @@ impl Connection {
         if seg.has(flags::FIN) {
             let fin_seq = seg.seq.wrapping_add(seg.payload_len);
             match self.ends[0].fin_seq() {
-                Some(known) if known == fin_seq => self.ends[0].fin_retransmits += 1,
+                Some(known) if known == fin_seq => self.rare_mut().fin_retransmits[0] += 1,
                 Some(_) => self.rare_mut().anomalies.unexplained += 1,
                 None => {
                     self.ends[0].set_fin_seq(fin_seq);
@@ -910,11 +953,7 @@ impl Connection {
         packet: u64,
         sink: &mut TransitionSink<'_>,
     ) {
-        let s = from.index();
-        {
-            let end = &mut self.ends[s];
-            note_syn_send(end, seg, ts);
-        }
+        self.note_syn_send(from, seg, ts);
         if from == Side::Server {
             self.simultaneous_open = true;
         }
@@ -946,7 +985,7 @@ impl Connection {
             && self.ends[s].isn() == Some(seg.seq)
             && self.ends[s].state == Established
             && self.ends[s].snd_nxt() == Some(seg.seq.wrapping_add(1));
-        note_syn_send(&mut self.ends[s], seg, ts);
+        self.note_syn_send(from, seg, ts);
         if resent_after_ack {
             // The ACK we took as delivered never reached this side.
             self.set_state(from, Event::ResentSynAck, ts, packet, sink);
@@ -986,7 +1025,7 @@ impl Connection {
             .wrapping_add(seg.has(flags::SYN) as u32);
         if let Some(known) = self.ends[s].fin_seq() {
             if known == fin_seq {
-                self.ends[s].fin_retransmits += 1;
+                self.rare_mut().fin_retransmits[s] += 1;
                 // A retransmitted FIN reaching TIME_WAIT restarts its 2MSL timer.
                 let r_end = &mut self.ends[r];
                 if r_end.state == TimeWait {
@@ -1092,52 +1131,67 @@ impl Connection {
             RstVerdict::OutOfWindow => self.rare_mut().anomalies.rst_out_of_window += 1,
         }
     }
+
+    fn note_syn_send(&mut self, side: Side, seg: &Segment, ts: Ts) {
+        let (syn_count, synack_count) = (self.syn_count(side), self.synack_count(side));
+        let end = &mut self.ends[side.index()];
+        end.set_isn(seg.seq);
+        let after = seg.seq.wrapping_add(1);
+        end.set_snd_nxt(end.snd_nxt().map_or(after, |n| seq::max(n, after)));
+        if let Some(ws) = seg.wscale {
+            end.wscale = ws;
+            end.known |= KNOWN_WSCALE;
+        }
+        let first = end.syn_first.get_or_set(ts);
+        let sent_before = end.known & (SENT_SYN | SENT_SYNACK) != 0;
+        let synack = seg.has(flags::ACK);
+        end.known |= if synack { SENT_SYNACK } else { SENT_SYN };
+        if !sent_before {
+            return;
+        }
+        // A second send or later: allocate only for the few connections that send more than one.
+        let r = self.rare_mut().syn_resends[side.index()].get_or_insert_with(|| {
+            Box::new(SynResends {
+                syn_count,
+                synack_count,
+                last: first,
+                prev: first,
+                times: vec![first],
+            })
+        });
+        if synack {
+            r.synack_count += 1;
+        } else {
+            r.syn_count += 1;
+        }
+        if r.times.len() < SYN_TIMES_KEPT {
+            r.times.push(ts);
+        }
+        r.prev = r.last;
+        r.last = ts;
+    }
+
+    /// When `side`, sending SYNs (or SYN-ACKs), has given up, judged from its retransmission
+    /// spacing. The next retry would come at most twice the last gap later (exponential
+    /// backoff; Linux's first retries are 1 s apart, then double); a margin covers timer
+    /// slack. A single SYN is taken to have a 1 s retry timer (Linux's initial RTO). A lone
+    /// SYN-ACK proves nothing: its ACK may simply not be in the capture.
+    fn handshake_give_up_time(&self, side: Side) -> Option<Ts> {
+        let (last, prev) = self.syn_last_two(side);
+        let last = last?;
+        let gap = match prev {
+            Some(prev) => last.since(prev),
+            None if self.ends[side.index()].state == SynSent => Dur::from_millis(1000),
+            None => return None,
+        };
+        let wait = Dur(gap.0.saturating_mul(2));
+        let margin = Dur(wait.0 / 10 + Dur::from_millis(200).0);
+        Some(last.plus(wait).plus(margin))
+    }
 }
 
 /// How many SYN send times an endpoint keeps (Linux's default tcp_syn_retries is 6: 7 sends).
 pub const SYN_TIMES_KEPT: usize = 16;
-
-fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
-    end.set_isn(seg.seq);
-    let after = seg.seq.wrapping_add(1);
-    end.set_snd_nxt(end.snd_nxt().map_or(after, |n| seq::max(n, after)));
-    if let Some(ws) = seg.wscale {
-        end.wscale = ws;
-        end.known |= KNOWN_WSCALE;
-    }
-    if seg.has(flags::ACK) {
-        end.synack_count += 1;
-    } else {
-        end.syn_count += 1;
-    }
-    let first = end.syn_first.get_or_set(ts);
-    if end.syn_count + end.synack_count >= 2 {
-        // Allocate only for the few connections that retransmit.
-        let times = end.syn_times.get_or_insert_with(|| Box::new(vec![first]));
-        if times.len() < SYN_TIMES_KEPT {
-            times.push(ts);
-        }
-    }
-    end.syn_prev = end.syn_last;
-    end.syn_last = ts.into();
-}
-
-/// When a SYN (or SYN-ACK) sender has given up, judged from its retransmission spacing.
-/// The next retry would come at most twice the last gap later (exponential backoff; Linux's
-/// first retries are 1 s apart, then double); a margin covers timer slack. A single SYN is
-/// taken to have a 1 s retry timer (Linux's initial RTO). A lone SYN-ACK proves nothing:
-/// its ACK may simply not be in the capture.
-fn handshake_give_up_time(end: &Endpoint) -> Option<Ts> {
-    let last = end.syn_last.get()?;
-    let gap = match end.syn_prev.get() {
-        Some(prev) => last.since(prev),
-        None if end.state == SynSent => Dur::from_millis(1000),
-        None => return None,
-    };
-    let wait = Dur(gap.0.saturating_mul(2));
-    let margin = Dur(wait.0 / 10 + Dur::from_millis(200).0);
-    Some(last.plus(wait).plus(margin))
-}
 
 /// A port guess for a connection seen without its handshake: the side on a well-known port,
 /// or on the lower port when only the other is in the ephemeral range, is the server.

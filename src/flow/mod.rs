@@ -265,7 +265,7 @@ impl FlowTable {
                 self.counters.evicted_half_open += 1;
                 let server = conn.end(Side::Server).addr;
                 let kept = self.flood.len() < FLOOD_SERVERS_KEPT;
-                let syns = u64::from(conn.end(Side::Client).syn_count.max(1));
+                let syns = u64::from(conn.syn_count(Side::Client).max(1));
                 match self.flood.get_mut(&server) {
                     Some(a) => {
                         a.count += 1;
