@@ -575,7 +575,7 @@ fn time_wait(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<
     for c in conns {
         for side in [Side::Client, Side::Server] {
             let e = c.end(side);
-            if let Some(tw) = e.time_wait {
+            if let Some(tw) = c.time_wait(side) {
                 let (until, why) = tw.end.unwrap_or((end, TimeWaitEnd::CaptureEnded));
                 stays.push(TimeWaitStay {
                     conn: c.id,

@@ -105,7 +105,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         _ => None,
     };
     let tw = |side: Side| {
-        c.end(side).time_wait.map(|tw| {
+        c.time_wait(side).map(|tw| {
             let (until, why) = tw
                 .end
                 .unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));

@@ -131,6 +131,17 @@ pub struct TimeWait {
     pub end: Option<(Ts, TimeWaitEnd)>,
 }
 
+/// Where an endpoint's TIME_WAIT (`Connection::time_wait`) is kept. A connection has one
+/// place for it in line, taken by the first side to enter TIME_WAIT (most connections have
+/// one at most); the other side's, after a simultaneous close, is in the rare part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeWaitAt {
+    None,
+    /// In the connection's place, with how it ended (its time there too), if it has.
+    InLine(Option<TimeWaitEnd>),
+    Rare,
+}
+
 /// One recorded state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -177,7 +188,8 @@ pub struct Endpoint {
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
     pub bytes: u64,
-    pub time_wait: Option<TimeWait>,
+    /// Its TIME_WAIT, if it entered one: see `Connection::time_wait`.
+    time_wait: TimeWaitAt,
     /// Its state changed by an inference (a timeout no packet shows), not by a packet.
     pub inferred: bool,
 }
@@ -221,7 +233,7 @@ impl Endpoint {
             syn_first: OptTs::NONE,
             packets: 0,
             bytes: 0,
-            time_wait: None,
+            time_wait: TimeWaitAt::None,
             inferred: false,
         }
     }
@@ -353,6 +365,9 @@ pub struct Connection {
     rare: Option<Box<Rare>>,
     /// Ended because a new connection took over its 4-tuple.
     pub superseded_at: OptTs,
+    /// Start and end of the TIME_WAIT kept in line (see `TimeWaitAt`).
+    time_wait_start: Ts,
+    time_wait_end: Ts,
     /// One socket connected to itself: the same address:port at both ends.
     pub self_connected: bool,
 }
@@ -371,6 +386,8 @@ pub struct Rare {
     pub fin_retransmits: [u32; 2],
     /// SYN and SYN-ACK sends of a side that sent more than one, [client, server].
     pub syn_resends: [Option<Box<SynResends>>; 2],
+    /// The TIME_WAIT of a side whose peer's holds the place in line (`TimeWaitAt::Rare`).
+    pub time_wait: Option<TimeWait>,
 }
 
 const NOTHING_RARE: Rare = Rare {
@@ -385,6 +402,7 @@ const NOTHING_RARE: Rare = Rare {
     expired_at: OptTs::NONE,
     fin_retransmits: [0, 0],
     syn_resends: [None, None],
+    time_wait: None,
 };
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
@@ -432,6 +450,8 @@ impl Connection {
             handshake_ack_disproven: false,
             rare: None,
             superseded_at: OptTs::NONE,
+            time_wait_start: Ts(0),
+            time_wait_end: Ts(0),
             self_connected: seg.src == seg.dst,
         }
     }
@@ -506,6 +526,37 @@ impl Connection {
         match self.syn_resends(side) {
             Some(r) => (Some(r.last), Some(r.prev)),
             None => (self.ends[side.index()].syn_first.get(), None),
+        }
+    }
+
+    /// `side`'s TIME_WAIT, if it entered one (the last, if more than one).
+    pub fn time_wait(&self, side: Side) -> Option<TimeWait> {
+        match self.ends[side.index()].time_wait {
+            TimeWaitAt::None => None,
+            TimeWaitAt::InLine(why) => Some(TimeWait {
+                start: self.time_wait_start,
+                end: why.map(|why| (self.time_wait_end, why)),
+            }),
+            TimeWaitAt::Rare => self.rare().time_wait,
+        }
+    }
+
+    fn set_time_wait(&mut self, side: Side, tw: TimeWait) {
+        let i = side.index();
+        let in_line = match self.ends[i].time_wait {
+            TimeWaitAt::InLine(_) => true,
+            TimeWaitAt::Rare => false,
+            TimeWaitAt::None => !matches!(self.ends[1 - i].time_wait, TimeWaitAt::InLine(_)),
+        };
+        if in_line {
+            self.time_wait_start = tw.start;
+            if let Some((end, _)) = tw.end {
+                self.time_wait_end = end;
+            }
+            self.ends[i].time_wait = TimeWaitAt::InLine(tw.end.map(|(_, why)| why));
+        } else {
+            self.rare_mut().time_wait = Some(tw);
+            self.ends[i].time_wait = TimeWaitAt::Rare;
         }
     }
 
@@ -601,16 +652,15 @@ impl Connection {
         packet: u64,
         sink: &mut TransitionSink<'_>,
     ) -> bool {
-        let end = &mut self.ends[side.index()];
-        let Some(to) = next_state(end.state, event) else {
+        let from = self.ends[side.index()].state;
+        let Some(to) = next_state(from, event) else {
             return false;
         };
-        let from = end.state;
         if from == to {
             return true;
         }
         if from == TimeWait
-            && let Some(tw) = end.time_wait.as_mut()
+            && let Some(mut tw) = self.time_wait(side)
         {
             let why = match event {
                 Event::TimeWaitExpired => TimeWaitEnd::Expired,
@@ -618,13 +668,18 @@ impl Connection {
                 _ => TimeWaitEnd::Reset,
             };
             tw.end = Some((ts, why));
+            self.set_time_wait(side, tw);
         }
         if to == TimeWait {
-            end.time_wait = Some(TimeWait {
-                start: ts,
-                end: None,
-            });
+            self.set_time_wait(
+                side,
+                TimeWait {
+                    start: ts,
+                    end: None,
+                },
+            );
         }
+        let end = &mut self.ends[side.index()];
         end.state = to;
         end.state_since = ts;
         end.inferred = matches!(event, Event::HandshakeGaveUp);
@@ -683,7 +738,7 @@ impl Connection {
         for &side in sides {
             let end = &self.ends[side.index()];
             if end.state == TimeWait {
-                let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
+                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
                 let expiry = start.plus(cfg.time_wait);
                 if now >= expiry {
                     self.set_state(side, Event::TimeWaitExpired, expiry, 0, sink);
@@ -711,7 +766,7 @@ impl Connection {
         let end = &self.ends[side.index()];
         match end.state {
             TimeWait => {
-                let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
+                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
                 if now >= start.plus(cfg.time_wait) {
                     Closed
                 } else {
@@ -733,11 +788,12 @@ impl Connection {
     /// marked as cut short.
     pub fn finish(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
         self.advance_time(now, cfg, sink);
-        for end in &mut self.ends {
-            if let Some(tw) = end.time_wait.as_mut()
+        for side in [Side::Client, Side::Server] {
+            if let Some(mut tw) = self.time_wait(side)
                 && tw.end.is_none()
             {
                 tw.end = Some((now, TimeWaitEnd::CaptureEnded));
+                self.set_time_wait(side, tw);
             }
         }
     }
@@ -1027,11 +1083,11 @@ impl Connection {
             if known == fin_seq {
                 self.rare_mut().fin_retransmits[s] += 1;
                 // A retransmitted FIN reaching TIME_WAIT restarts its 2MSL timer.
-                let r_end = &mut self.ends[r];
-                if r_end.state == TimeWait {
-                    r_end.state_since = ts;
-                    if let Some(tw) = r_end.time_wait.as_mut() {
+                if self.ends[r].state == TimeWait {
+                    self.ends[r].state_since = ts;
+                    if let Some(mut tw) = self.time_wait(from.other()) {
                         tw.start = ts;
+                        self.set_time_wait(from.other(), tw);
                     }
                 }
             } else {
