@@ -354,9 +354,9 @@ fn incomplete_handshakes(conns: &[Connection], out: &mut Vec<Finding>) {
             check: "Compare captures on both hosts to find where the ACK disappears; check firewalls and conntrack between them; many of these from many sources suggest a SYN flood (`nstat -az TcpExtSyncookiesSent`).".into(),
         });
     }
-    let synack_only = conns.iter().filter(|c| {
-        c.partial && c.synack_first.is_some() && c.end(Side::Client).syn_first.is_none()
-    });
+    let synack_only = conns
+        .iter()
+        .filter(|c| c.partial && c.synack_first.is_some() && c.syn_first(Side::Client).is_none());
     for (service, group) in group_by(synack_only, server_of) {
         let mut ev = EvidenceBuilder::default();
         for c in &group {
@@ -783,8 +783,7 @@ fn slow_handshakes(conns: &[Connection], cfg: &DiagnoseConfig, out: &mut Vec<Fin
         let mut ev = EvidenceBuilder::default();
         let (mut syn_rtx, mut synack_rtx, mut slow) = (0u64, 0u64, 0u64);
         for c in &group {
-            let (Some(syn), Some(est)) =
-                (c.end(Side::Client).syn_first.get(), c.handshake_done.get())
+            let (Some(syn), Some(est)) = (c.syn_first(Side::Client).get(), c.handshake_done.get())
             else {
                 continue;
             };

@@ -89,7 +89,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         .or(c.expired_at().get())
         .unwrap_or(c.last)
         .max(c.last);
-    let syn = client.syn_first.get();
+    let syn = c.syn_first(Side::Client).get();
     let synack = c.synack_first.get();
     let done = c.handshake_done.get();
     let fins = c.fin_times();

@@ -79,7 +79,7 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
             Handshake::NotCompleted => h.not_completed += 1,
             Handshake::NotSeen => h.not_seen += 1,
         }
-        let syn = c.end(Side::Client).syn_first.get();
+        let syn = c.syn_first(Side::Client).get();
         if handshake == Handshake::Completed
             && let (Some(s), Some(done)) = (syn, c.handshake_done.get())
         {

@@ -166,9 +166,11 @@ pub struct Endpoint {
     pub state: TcpState,
     pub state_since: Ts,
     /// Which of the sequence numbers and options below are known (`KNOWN_*` bits): they are
-    /// plain numbers plus this byte, where `Option<u32>` takes 8 bytes each. Also whether it
-    /// sent a SYN, a SYN-ACK (`SENT_*` bits).
+    /// plain numbers plus this byte, where `Option<u32>` takes 8 bytes each.
     known: u8,
+    /// Whether it sent a SYN, a SYN-ACK, and where the time of the first is kept (`SENT_*`
+    /// and `FIRST_SYN_*` bits; see `Connection::syn_first`).
+    syn_sent: u8,
     /// Its window-scale option (see `wscale()`).
     wscale: u8,
     /// Last window it advertised, unscaled.
@@ -182,9 +184,6 @@ pub struct Endpoint {
     /// Sequence number its FIN occupies (see `fin_seq()`).
     fin_seq: u32,
     pub fin_time: OptTs,
-    /// Its first SYN or SYN-ACK send. Counts and later sends of one that sent more than one
-    /// are out of line (`SynResends`), read through `Connection::syn_count` and the like.
-    pub syn_first: OptTs,
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
     pub bytes: u64,
@@ -200,8 +199,15 @@ const KNOWN_FIRST_SEQ: u8 = 2;
 const KNOWN_SND_NXT: u8 = 4;
 const KNOWN_FIN_SEQ: u8 = 8;
 const KNOWN_WSCALE: u8 = 16;
-const SENT_SYN: u8 = 32;
-const SENT_SYNACK: u8 = 64;
+
+/// `Endpoint::syn_sent` bits. The time of an endpoint's first SYN or SYN-ACK is most often
+/// the connection's start (the client's SYN) or its `synack_first` (the server's SYN-ACK):
+/// then a bit says so, and only other times are kept, in the rare part. Its counts and later
+/// sends, if it sent more than one, are out of line too (`SynResends`).
+const SENT_SYN: u8 = 1;
+const SENT_SYNACK: u8 = 2;
+const FIRST_SYN_AT_START: u8 = 4;
+const FIRST_SYN_AT_SYNACK: u8 = 8;
 
 /// The SYN and SYN-ACK sends of an endpoint that sent more than one (a retransmission, or a
 /// SYN then a SYN-ACK in a simultaneous open): out of line, since most send one at most.
@@ -230,7 +236,7 @@ impl Endpoint {
             snd_nxt: 0,
             fin_seq: 0,
             fin_time: OptTs::NONE,
-            syn_first: OptTs::NONE,
+            syn_sent: 0,
             packets: 0,
             bytes: 0,
             time_wait: TimeWaitAt::None,
@@ -382,6 +388,9 @@ pub struct Rare {
     pub evicted_at: OptTs,
     /// Tracking stopped here after an idle timeout: its states are as of this time.
     pub expired_at: OptTs,
+    /// First SYN or SYN-ACK time of a side, when not one the record holds anyway
+    /// (`FIRST_SYN_AT_*`), [client, server].
+    pub syn_first: [OptTs; 2],
     /// FIN retransmissions, [client, server].
     pub fin_retransmits: [u32; 2],
     /// SYN and SYN-ACK sends of a side that sent more than one, [client, server].
@@ -400,6 +409,7 @@ const NOTHING_RARE: Rare = Rare {
     },
     evicted_at: OptTs::NONE,
     expired_at: OptTs::NONE,
+    syn_first: [OptTs::NONE, OptTs::NONE],
     fin_retransmits: [0, 0],
     syn_resends: [None, None],
     time_wait: None,
@@ -485,6 +495,31 @@ impl Connection {
         self.rare().expired_at
     }
 
+    /// When `side` first sent a SYN or SYN-ACK.
+    pub fn syn_first(&self, side: Side) -> OptTs {
+        let sent = self.ends[side.index()].syn_sent;
+        if sent & FIRST_SYN_AT_START != 0 {
+            self.start.into()
+        } else if sent & FIRST_SYN_AT_SYNACK != 0 {
+            self.synack_first
+        } else {
+            self.rare().syn_first[side.index()]
+        }
+    }
+
+    /// Sets `syn_first` (once): a bit if it is a time the record holds anyway (neither
+    /// `start` nor `synack_first` changes once set), else in the rare part.
+    fn set_syn_first(&mut self, side: Side, ts: Ts) {
+        let i = side.index();
+        if ts == self.start {
+            self.ends[i].syn_sent |= FIRST_SYN_AT_START;
+        } else if self.synack_first.get() == Some(ts) {
+            self.ends[i].syn_sent |= FIRST_SYN_AT_SYNACK;
+        } else {
+            self.rare_mut().syn_first[i] = ts.into();
+        }
+    }
+
     fn syn_resends(&self, side: Side) -> Option<&SynResends> {
         self.rare().syn_resends[side.index()].as_deref()
     }
@@ -493,7 +528,7 @@ impl Connection {
     pub fn syn_count(&self, side: Side) -> u32 {
         match self.syn_resends(side) {
             Some(r) => r.syn_count,
-            None => u32::from(self.ends[side.index()].known & SENT_SYN != 0),
+            None => u32::from(self.ends[side.index()].syn_sent & SENT_SYN != 0),
         }
     }
 
@@ -501,7 +536,7 @@ impl Connection {
     pub fn synack_count(&self, side: Side) -> u32 {
         match self.syn_resends(side) {
             Some(r) => r.synack_count,
-            None => u32::from(self.ends[side.index()].known & SENT_SYNACK != 0),
+            None => u32::from(self.ends[side.index()].syn_sent & SENT_SYNACK != 0),
         }
     }
 
@@ -525,7 +560,7 @@ impl Connection {
     fn syn_last_two(&self, side: Side) -> (Option<Ts>, Option<Ts>) {
         match self.syn_resends(side) {
             Some(r) => (Some(r.last), Some(r.prev)),
-            None => (self.ends[side.index()].syn_first.get(), None),
+            None => (self.syn_first(side).get(), None),
         }
     }
 
@@ -596,7 +631,7 @@ impl Connection {
             Handshake::Refused
         } else if self.synack_first.is_some() {
             Handshake::NotCompleted
-        } else if self.ends[0].syn_first.is_some() {
+        } else if self.syn_first(Side::Client).is_some() {
             Handshake::Unanswered
         } else {
             Handshake::NotSeen
@@ -1041,6 +1076,10 @@ impl Connection {
             && self.ends[s].isn() == Some(seg.seq)
             && self.ends[s].state == Established
             && self.ends[s].snd_nxt() == Some(seg.seq.wrapping_add(1));
+        // Before the send is noted: the server's first SYN-ACK time is kept once, here.
+        if from == Side::Server && self.synack_first.is_none() {
+            self.synack_first = ts.into();
+        }
         self.note_syn_send(from, seg, ts);
         if resent_after_ack {
             // The ACK we took as delivered never reached this side.
@@ -1049,9 +1088,6 @@ impl Connection {
             self.handshake_done = OptTs::NONE;
         } else {
             self.set_state(from, Event::SentSynAck, ts, packet, sink);
-        }
-        if from == Side::Server && self.synack_first.is_none() {
-            self.synack_first = ts.into();
         }
         if self.ends[r].isn().is_none() {
             // The SYN was missed: its sequence number is one below what this SYN-ACK acknowledges.
@@ -1176,7 +1212,7 @@ impl Connection {
                 }
                 if from == Side::Server
                     && self.synack_first.is_none()
-                    && self.ends[0].syn_first.is_some()
+                    && self.syn_first(Side::Client).is_some()
                 {
                     self.refused = true;
                 }
@@ -1198,13 +1234,17 @@ impl Connection {
             end.wscale = ws;
             end.known |= KNOWN_WSCALE;
         }
-        let first = end.syn_first.get_or_set(ts);
-        let sent_before = end.known & (SENT_SYN | SENT_SYNACK) != 0;
+        let sent_before = end.syn_sent & (SENT_SYN | SENT_SYNACK) != 0;
         let synack = seg.has(flags::ACK);
-        end.known |= if synack { SENT_SYNACK } else { SENT_SYN };
+        end.syn_sent |= if synack { SENT_SYNACK } else { SENT_SYN };
         if !sent_before {
+            self.set_syn_first(side, ts);
             return;
         }
+        let first = self
+            .syn_first(side)
+            .get()
+            .expect("an endpoint that sent a SYN has its time");
         // A second send or later: allocate only for the few connections that send more than one.
         let r = self.rare_mut().syn_resends[side.index()].get_or_insert_with(|| {
             Box::new(SynResends {
