@@ -83,7 +83,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
     let client = c.end(Side::Client);
     let server = c.end(Side::Server);
     let end = c
-        .superseded_at
+        .superseded_at()
         .get()
         .or(c.evicted_at().get())
         .or(c.expired_at().get())

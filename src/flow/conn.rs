@@ -369,8 +369,9 @@ pub struct Connection {
     /// What few connections have (a reset, oddities, an early end): out of line, so the
     /// record every connection carries stays small.
     rare: Option<Box<Rare>>,
-    /// Ended because a new connection took over its 4-tuple.
-    pub superseded_at: OptTs,
+    /// `superseded_at()` is `time_wait_end`: as most often, a new connection took over the
+    /// 4-tuple from a side in TIME_WAIT, which ended then. Other times are in the rare part.
+    superseded_at_time_wait_end: bool,
     /// Start and end of the TIME_WAIT kept in line (see `TimeWaitAt`).
     time_wait_start: Ts,
     time_wait_end: Ts,
@@ -388,6 +389,9 @@ pub struct Rare {
     pub evicted_at: OptTs,
     /// Tracking stopped here after an idle timeout: its states are as of this time.
     pub expired_at: OptTs,
+    /// Ended because a new connection took over its 4-tuple, when not at the end of the
+    /// TIME_WAIT kept in line (`Connection::superseded_at`).
+    pub superseded_at: OptTs,
     /// First SYN or SYN-ACK time of a side, when not one the record holds anyway
     /// (`FIRST_SYN_AT_*`), [client, server].
     pub syn_first: [OptTs; 2],
@@ -409,6 +413,7 @@ const NOTHING_RARE: Rare = Rare {
     },
     evicted_at: OptTs::NONE,
     expired_at: OptTs::NONE,
+    superseded_at: OptTs::NONE,
     syn_first: [OptTs::NONE, OptTs::NONE],
     fin_retransmits: [0, 0],
     syn_resends: [None, None],
@@ -459,7 +464,7 @@ impl Connection {
             simultaneous_open: false,
             handshake_ack_disproven: false,
             rare: None,
-            superseded_at: OptTs::NONE,
+            superseded_at_time_wait_end: false,
             time_wait_start: Ts(0),
             time_wait_end: Ts(0),
             self_connected: seg.src == seg.dst,
@@ -564,6 +569,15 @@ impl Connection {
         }
     }
 
+    /// When it ended because a new connection took over its 4-tuple.
+    pub fn superseded_at(&self) -> OptTs {
+        if self.superseded_at_time_wait_end {
+            self.time_wait_end.into()
+        } else {
+            self.rare().superseded_at
+        }
+    }
+
     /// `side`'s TIME_WAIT, if it entered one (the last, if more than one).
     pub fn time_wait(&self, side: Side) -> Option<TimeWait> {
         match self.ends[side.index()].time_wait {
@@ -586,6 +600,10 @@ impl Connection {
         if in_line {
             self.time_wait_start = tw.start;
             if let Some((end, _)) = tw.end {
+                if self.superseded_at_time_wait_end && end != self.time_wait_end {
+                    self.superseded_at_time_wait_end = false;
+                    self.rare_mut().superseded_at = self.time_wait_end.into();
+                }
                 self.time_wait_end = end;
             }
             self.ends[i].time_wait = TimeWaitAt::InLine(tw.end.map(|(_, why)| why));
@@ -845,7 +863,12 @@ impl Connection {
         for side in [Side::Client, Side::Server] {
             self.set_state(side, Event::Superseded, ts, packet, sink);
         }
-        self.superseded_at = ts.into();
+        if self.time_wait_end == ts {
+            self.superseded_at_time_wait_end = true;
+        } else {
+            self.superseded_at_time_wait_end = false;
+            self.rare_mut().superseded_at = ts.into();
+        }
     }
 
     /// Feeds one segment sent by `from`.
