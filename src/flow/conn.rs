@@ -512,10 +512,11 @@ impl Connection {
         }
     }
 
-    /// Sets `syn_first` (once): a bit if it is a time the record holds anyway (neither
-    /// `start` nor `synack_first` changes once set), else in the rare part.
+    /// Sets `syn_first`: a bit if it is a time the record holds anyway (neither `start` nor
+    /// `synack_first` changes once set), else in the rare part.
     fn set_syn_first(&mut self, side: Side, ts: Ts) {
         let i = side.index();
+        self.ends[i].syn_sent &= !(FIRST_SYN_AT_START | FIRST_SYN_AT_SYNACK);
         if ts == self.start {
             self.ends[i].syn_sent |= FIRST_SYN_AT_START;
         } else if self.synack_first.get() == Some(ts) {
@@ -564,7 +565,8 @@ impl Connection {
     /// `side`'s last SYN or SYN-ACK send, and the one before it.
     fn syn_last_two(&self, side: Side) -> (Option<Ts>, Option<Ts>) {
         match self.syn_resends(side) {
-            Some(r) => (Some(r.last), Some(r.prev)),
+            // Read as `OptTs`, as `syn_first` is (`Ts::UNKNOWN`'s value is none).
+            Some(r) => (OptTs::from(r.last).get(), OptTs::from(r.prev).get()),
             None => (self.syn_first(side).get(), None),
         }
     }
@@ -1260,14 +1262,16 @@ impl Connection {
         let sent_before = end.syn_sent & (SENT_SYN | SENT_SYNACK) != 0;
         let synack = seg.has(flags::ACK);
         end.syn_sent |= if synack { SENT_SYNACK } else { SENT_SYN };
+        let first = match self.syn_first(side).get() {
+            Some(first) => first,
+            None => {
+                self.set_syn_first(side, ts);
+                ts
+            }
+        };
         if !sent_before {
-            self.set_syn_first(side, ts);
             return;
         }
-        let first = self
-            .syn_first(side)
-            .get()
-            .expect("an endpoint that sent a SYN has its time");
         // A second send or later: allocate only for the few connections that send more than one.
         let r = self.rare_mut().syn_resends[side.index()].get_or_insert_with(|| {
             Box::new(SynResends {
