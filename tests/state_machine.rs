@@ -218,7 +218,7 @@ fn time_wait_ends_after_2msl_of_packet_time() {
     let (conns, _) = d.finish(Dur::from_millis(60_001));
     let client = conns[0].end(Side::Client);
     assert_eq!(client.state, Closed);
-    let tw = client.time_wait.unwrap();
+    let tw = conns[0].time_wait(Side::Client).unwrap();
     assert_eq!(tw.end.unwrap().1, TimeWaitEnd::Expired);
     assert_eq!(tw.end.unwrap().0.since(tw.start), Dur::from_millis(60_000));
 }
@@ -245,7 +245,7 @@ fn new_syn_takes_over_a_server_time_wait() {
     d.c(SYN).s(SYN | ACK).c(ACK);
     let (conns, _) = d.finish(Dur(0));
     assert_eq!(conns.len(), 2);
-    let tw = conns[0].end(Side::Server).time_wait.unwrap();
+    let tw = conns[0].time_wait(Side::Server).unwrap();
     assert_eq!(tw.end.unwrap().1, TimeWaitEnd::Reused);
     assert_eq!(conns[0].end(Side::Server).state, Closed);
     assert_eq!(
@@ -347,7 +347,7 @@ fn a_closed_connection_ends_2msl_after_its_last_packet() {
         } else if let Some(conn) = ended.first() {
             assert!(conn.expired_at().is_none());
             assert_eq!(conn.end(Side::Client).state, Closed);
-            let tw = conn.end(Side::Client).time_wait.unwrap();
+            let tw = conn.time_wait(Side::Client).unwrap();
             assert_eq!(tw.end.unwrap().1, TimeWaitEnd::Expired);
             assert_eq!(d.table.counters.expired_idle, 0);
             // A sweep comes at most 10 s of packet time later.
@@ -389,11 +389,7 @@ fn state_at_runs_the_timers_without_changing_the_record() {
     let last = d.now;
     let cfg = d.cfg;
     let conn = d.table.live().next().expect("tracked");
-    let tw_start = conn
-        .end(Side::Client)
-        .time_wait
-        .expect("in TIME_WAIT")
-        .start;
+    let tw_start = conn.time_wait(Side::Client).expect("in TIME_WAIT").start;
     let at = |ms| conn.state_at(Side::Client, tw_start.plus(Dur::from_millis(ms)), &cfg);
     assert_eq!(at(0), TimeWait);
     assert_eq!(at(59_999), TimeWait);
@@ -466,7 +462,7 @@ fn retransmitted_syns_are_counted_and_the_client_gives_up() {
         .raw(Side::Client, SYN, 1000, 0, 0, 1000);
     let (conns, _) = d.finish(Dur::from_millis(1500));
     assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].end(Side::Client).syn_retransmits(), 2);
+    assert_eq!(conns[0].syn_retransmits(Side::Client), 2);
     assert_eq!(
         conns[0].end(Side::Client).state,
         SynSent,

@@ -195,7 +195,7 @@ fn syn_flood(outcome: &Outcome, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
         let g = per.entry(c.end(Side::Server).addr).or_default();
         g.0.add(c.id, c.end(Side::Client).addr, c.start, c.last);
         g.1 += 1;
-        g.2 += u64::from(c.end(Side::Client).syn_count.max(1));
+        g.2 += u64::from(c.syn_count(Side::Client).max(1));
     }
     for (server, a) in &outcome.evicted_attempts {
         let g = per.entry(*server).or_default();
@@ -254,9 +254,9 @@ fn unanswered_syns(conns: &[Connection], out: &mut Vec<Finding>) {
         for c in &group {
             let client = c.end(Side::Client);
             ev.add(c.id, client.addr, c.start, c.last);
-            syns += u64::from(client.syn_count);
-            if client.syn_times().len() > longest.len() {
-                longest = client.syn_times();
+            syns += u64::from(c.syn_count(Side::Client));
+            if c.syn_times(Side::Client).len() > longest.len() {
+                longest = c.syn_times(Side::Client);
             }
             match client.state {
                 TcpState::SynSent => trying += 1,
@@ -331,7 +331,7 @@ fn incomplete_handshakes(conns: &[Connection], out: &mut Vec<Finding>) {
         let (mut synack_rtx, mut ack_lost, mut client_open) = (0u64, 0u64, 0u64);
         for c in &group {
             ev.add(c.id, c.end(Side::Client).addr, c.start, c.last);
-            synack_rtx += u64::from(c.end(Side::Server).synack_retransmits());
+            synack_rtx += u64::from(c.synack_retransmits(Side::Server));
             ack_lost += u64::from(c.handshake_ack_disproven);
             client_open += u64::from(c.end(Side::Client).state == TcpState::Established);
         }
@@ -354,9 +354,9 @@ fn incomplete_handshakes(conns: &[Connection], out: &mut Vec<Finding>) {
             check: "Compare captures on both hosts to find where the ACK disappears; check firewalls and conntrack between them; many of these from many sources suggest a SYN flood (`nstat -az TcpExtSyncookiesSent`).".into(),
         });
     }
-    let synack_only = conns.iter().filter(|c| {
-        c.partial && c.synack_first.is_some() && c.end(Side::Client).syn_first.is_none()
-    });
+    let synack_only = conns
+        .iter()
+        .filter(|c| c.partial && c.synack_first.is_some() && c.syn_first(Side::Client).is_none());
     for (service, group) in group_by(synack_only, server_of) {
         let mut ev = EvidenceBuilder::default();
         for c in &group {
@@ -575,7 +575,7 @@ fn time_wait(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<
     for c in conns {
         for side in [Side::Client, Side::Server] {
             let e = c.end(side);
-            if let Some(tw) = e.time_wait {
+            if let Some(tw) = c.time_wait(side) {
                 let (until, why) = tw.end.unwrap_or((end, TimeWaitEnd::CaptureEnded));
                 stays.push(TimeWaitStay {
                     conn: c.id,
@@ -783,17 +783,15 @@ fn slow_handshakes(conns: &[Connection], cfg: &DiagnoseConfig, out: &mut Vec<Fin
         let mut ev = EvidenceBuilder::default();
         let (mut syn_rtx, mut synack_rtx, mut slow) = (0u64, 0u64, 0u64);
         for c in &group {
-            let (Some(syn), Some(est)) =
-                (c.end(Side::Client).syn_first.get(), c.handshake_done.get())
+            let (Some(syn), Some(est)) = (c.syn_first(Side::Client).get(), c.handshake_done.get())
             else {
                 continue;
             };
             let t = est.since(syn);
             times.push(secs(t));
-            let rtx = c.end(Side::Client).syn_retransmits() > 0
-                || c.end(Side::Server).synack_retransmits() > 0;
-            syn_rtx += u64::from(c.end(Side::Client).syn_retransmits() > 0);
-            synack_rtx += u64::from(c.end(Side::Server).synack_retransmits() > 0);
+            let rtx = c.syn_retransmits(Side::Client) > 0 || c.synack_retransmits(Side::Server) > 0;
+            syn_rtx += u64::from(c.syn_retransmits(Side::Client) > 0);
+            synack_rtx += u64::from(c.synack_retransmits(Side::Server) > 0);
             if rtx || t >= cfg.slow_handshake {
                 slow += 1;
                 ev.add(c.id, c.end(Side::Client).addr, syn, est);

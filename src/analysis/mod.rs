@@ -83,13 +83,13 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
     let client = c.end(Side::Client);
     let server = c.end(Side::Server);
     let end = c
-        .superseded_at
+        .superseded_at()
         .get()
         .or(c.evicted_at().get())
         .or(c.expired_at().get())
         .unwrap_or(c.last)
         .max(c.last);
-    let syn = client.syn_first.get();
+    let syn = c.syn_first(Side::Client).get();
     let synack = c.synack_first.get();
     let done = c.handshake_done.get();
     let fins = c.fin_times();
@@ -105,7 +105,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         _ => None,
     };
     let tw = |side: Side| {
-        c.end(side).time_wait.map(|tw| {
+        c.time_wait(side).map(|tw| {
             let (until, why) = tw
                 .end
                 .unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));
@@ -137,8 +137,8 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         } else {
             None
         },
-        syn_retransmits: client.syn_retransmits(),
-        synack_retransmits: server.synack_retransmits(),
+        syn_retransmits: c.syn_retransmits(Side::Client),
+        synack_retransmits: c.synack_retransmits(Side::Server),
         first_closer,
         first_fin_time: fins.first().map(|t| secs(*t)),
         half_close_duration: half_close.map(|h| h.0),
@@ -157,7 +157,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         server_packets: server.packets,
         client_bytes: client.bytes,
         server_bytes: server.bytes,
-        fin_retransmits: client.fin_retransmits + server.fin_retransmits,
+        fin_retransmits: c.fin_retransmits(Side::Client) + c.fin_retransmits(Side::Server),
         rst_out_of_window: c.anomalies().rst_out_of_window,
         rst_in_window_not_exact: c.anomalies().rst_in_window_not_exact,
         unexplained_segments: c.anomalies().unexplained,

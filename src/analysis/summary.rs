@@ -79,7 +79,7 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
             Handshake::NotCompleted => h.not_completed += 1,
             Handshake::NotSeen => h.not_seen += 1,
         }
-        let syn = c.end(Side::Client).syn_first.get();
+        let syn = c.syn_first(Side::Client).get();
         if handshake == Handshake::Completed
             && let (Some(s), Some(done)) = (syn, c.handshake_done.get())
         {
@@ -113,8 +113,8 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
         } else {
             k.never_opened += 1;
         }
-        for e in &c.ends {
-            if let Some(t) = e.time_wait {
+        for side in [Side::Client, Side::Server] {
+            if let Some(t) = c.time_wait(side) {
                 match t.end {
                     Some((end, why)) if why != TimeWaitEnd::CaptureEnded => {
                         tw.push(secs(end.since(t.start)));

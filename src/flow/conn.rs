@@ -131,6 +131,17 @@ pub struct TimeWait {
     pub end: Option<(Ts, TimeWaitEnd)>,
 }
 
+/// Where an endpoint's TIME_WAIT (`Connection::time_wait`) is kept. A connection has one
+/// place for it in line, taken by the first side to enter TIME_WAIT (most connections have
+/// one at most); the other side's, after a simultaneous close, is in the rare part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeWaitAt {
+    None,
+    /// In the connection's place, with how it ended (its time there too), if it has.
+    InLine(Option<TimeWaitEnd>),
+    Rare,
+}
+
 /// One recorded state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -154,37 +165,62 @@ pub struct Endpoint {
     pub addr: SockAddr,
     pub state: TcpState,
     pub state_since: Ts,
-    /// Initial sequence number, from its SYN or SYN-ACK.
-    pub isn: Option<u32>,
-    /// One past the highest sequence number it has sent (SYN and FIN count one each).
-    pub snd_nxt: Option<u32>,
-    /// First sequence number seen from it, for byte counts of connections picked up mid-stream.
-    pub first_seq: Option<u32>,
-    /// Sequence number its FIN occupies.
-    pub fin_seq: Option<u32>,
-    pub fin_time: OptTs,
-    /// Last window it advertised, unscaled, and its window-scale option.
+    /// Which of the sequence numbers and options below are known (`KNOWN_*` bits): they are
+    /// plain numbers plus this byte, where `Option<u32>` takes 8 bytes each.
+    known: u8,
+    /// Whether it sent a SYN, a SYN-ACK, and where the time of the first is kept (`SENT_*`
+    /// and `FIRST_SYN_*` bits; see `Connection::syn_first`).
+    syn_sent: u8,
+    /// Its window-scale option (see `wscale()`).
+    wscale: u8,
+    /// Last window it advertised, unscaled.
     pub window: u16,
-    pub wscale: Option<u8>,
-    /// SYN or SYN-ACK sends: first and last time and count.
-    pub syn_first: OptTs,
-    pub syn_last: OptTs,
-    pub syn_prev: OptTs,
-    pub syn_count: u32,
-    pub synack_count: u32,
-    /// Times of its SYN (or SYN-ACK) sends, kept only once it retransmitted (at most
-    /// `SYN_TIMES_KEPT`): the retransmission spacing diagnoses read.
-    /// Boxed so that every record carries one pointer, not a whole Vec, for the few that
-    /// retransmit.
-    #[allow(clippy::box_collection)]
-    syn_times: Option<Box<Vec<Ts>>>,
-    pub fin_retransmits: u32,
+    /// Initial sequence number, from its SYN or SYN-ACK (see `isn()`); until that is known,
+    /// the first sequence number seen from it (see `seq_base()`). The first sequence number
+    /// is only taken while the ISN is unknown, and is only wanted then.
+    isn_or_first: u32,
+    /// One past the highest sequence number it has sent (see `snd_nxt()`).
+    snd_nxt: u32,
+    /// Sequence number its FIN occupies (see `fin_seq()`).
+    fin_seq: u32,
+    pub fin_time: OptTs,
     pub packets: u64,
     /// Payload bytes it sent, counted by sequence space so retransmissions count once.
     pub bytes: u64,
-    pub time_wait: Option<TimeWait>,
+    /// Its TIME_WAIT, if it entered one: see `Connection::time_wait`.
+    time_wait: TimeWaitAt,
     /// Its state changed by an inference (a timeout no packet shows), not by a packet.
     pub inferred: bool,
+}
+
+/// `Endpoint::known` bits.
+const KNOWN_ISN: u8 = 1;
+const KNOWN_FIRST_SEQ: u8 = 2;
+const KNOWN_SND_NXT: u8 = 4;
+const KNOWN_FIN_SEQ: u8 = 8;
+const KNOWN_WSCALE: u8 = 16;
+
+/// `Endpoint::syn_sent` bits. The time of an endpoint's first SYN or SYN-ACK is most often
+/// the connection's start (the client's SYN) or its `synack_first` (the server's SYN-ACK):
+/// then a bit says so, and only other times are kept, in the rare part. Its counts and later
+/// sends, if it sent more than one, are out of line too (`SynResends`).
+const SENT_SYN: u8 = 1;
+const SENT_SYNACK: u8 = 2;
+const FIRST_SYN_AT_START: u8 = 4;
+const FIRST_SYN_AT_SYNACK: u8 = 8;
+
+/// The SYN and SYN-ACK sends of an endpoint that sent more than one (a retransmission, or a
+/// SYN then a SYN-ACK in a simultaneous open): out of line, since most send one at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SynResends {
+    pub syn_count: u32,
+    pub synack_count: u32,
+    /// The last send, and the one before it.
+    pub last: Ts,
+    pub prev: Ts,
+    /// Times of its sends, the first included (at most `SYN_TIMES_KEPT`): the retransmission
+    /// spacing diagnoses read.
+    pub times: Vec<Ts>,
 }
 
 impl Endpoint {
@@ -193,40 +229,73 @@ impl Endpoint {
             addr,
             state,
             state_since: ts,
-            isn: None,
-            snd_nxt: None,
-            first_seq: None,
-            fin_seq: None,
-            fin_time: OptTs::NONE,
+            known: 0,
+            wscale: 0,
             window: 0,
-            wscale: None,
-            syn_first: OptTs::NONE,
-            syn_last: OptTs::NONE,
-            syn_prev: OptTs::NONE,
-            syn_count: 0,
-            synack_count: 0,
-            syn_times: None,
-            fin_retransmits: 0,
+            isn_or_first: 0,
+            snd_nxt: 0,
+            fin_seq: 0,
+            fin_time: OptTs::NONE,
+            syn_sent: 0,
             packets: 0,
             bytes: 0,
-            time_wait: None,
+            time_wait: TimeWaitAt::None,
             inferred: false,
         }
     }
 
-    /// Times of its SYN (or SYN-ACK) sends, once it retransmitted (at most `SYN_TIMES_KEPT`).
-    pub fn syn_times(&self) -> &[Ts] {
-        self.syn_times.as_deref().map_or(&[], Vec::as_slice)
+    fn knows(&self, bit: u8) -> bool {
+        self.known & bit != 0
     }
 
-    /// Retransmissions of its bare SYN.
-    pub fn syn_retransmits(&self) -> u32 {
-        self.syn_count.saturating_sub(1)
+    /// Initial sequence number, from its SYN or SYN-ACK.
+    pub fn isn(&self) -> Option<u32> {
+        self.knows(KNOWN_ISN).then_some(self.isn_or_first)
     }
 
-    /// Retransmissions of its SYN-ACK.
-    pub fn synack_retransmits(&self) -> u32 {
-        self.synack_count.saturating_sub(1)
+    fn set_isn(&mut self, isn: u32) {
+        self.isn_or_first = isn;
+        self.known |= KNOWN_ISN;
+    }
+
+    /// The number its sequence numbers count from: the ISN, or when its SYN was not seen the
+    /// first sequence number seen from it (as tcpdump and Wireshark make them relative).
+    pub fn seq_base(&self) -> Option<u32> {
+        self.knows(KNOWN_ISN | KNOWN_FIRST_SEQ)
+            .then_some(self.isn_or_first)
+    }
+
+    /// One past the highest sequence number it has sent (SYN and FIN count one each).
+    pub fn snd_nxt(&self) -> Option<u32> {
+        self.knows(KNOWN_SND_NXT).then_some(self.snd_nxt)
+    }
+
+    fn set_snd_nxt(&mut self, n: u32) {
+        self.snd_nxt = n;
+        self.known |= KNOWN_SND_NXT;
+    }
+
+    /// Sequence number its FIN occupies.
+    pub fn fin_seq(&self) -> Option<u32> {
+        self.knows(KNOWN_FIN_SEQ).then_some(self.fin_seq)
+    }
+
+    /// The first sequence number seen from it, wanted only while its ISN is unknown.
+    fn set_first_seq(&mut self, first: u32) {
+        if !self.knows(KNOWN_ISN) {
+            self.isn_or_first = first;
+        }
+        self.known |= KNOWN_FIRST_SEQ;
+    }
+
+    fn set_fin_seq(&mut self, f: u32) {
+        self.fin_seq = f;
+        self.known |= KNOWN_FIN_SEQ;
+    }
+
+    /// Its window-scale option, from its SYN or SYN-ACK.
+    pub fn wscale(&self) -> Option<u8> {
+        self.knows(KNOWN_WSCALE).then_some(self.wscale)
     }
 }
 
@@ -300,14 +369,18 @@ pub struct Connection {
     /// What few connections have (a reset, oddities, an early end): out of line, so the
     /// record every connection carries stays small.
     rare: Option<Box<Rare>>,
-    /// Ended because a new connection took over its 4-tuple.
-    pub superseded_at: OptTs,
+    /// `superseded_at()` is `time_wait_end`: as most often, a new connection took over the
+    /// 4-tuple from a side in TIME_WAIT, which ended then. Other times are in the rare part.
+    superseded_at_time_wait_end: bool,
+    /// Start and end of the TIME_WAIT kept in line (see `TimeWaitAt`).
+    time_wait_start: Ts,
+    time_wait_end: Ts,
     /// One socket connected to itself: the same address:port at both ends.
     pub self_connected: bool,
 }
 
 /// The part of a connection record few connections need.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rare {
     /// The first accepted reset.
     pub reset: Option<ResetInfo>,
@@ -316,6 +389,18 @@ pub struct Rare {
     pub evicted_at: OptTs,
     /// Tracking stopped here after an idle timeout: its states are as of this time.
     pub expired_at: OptTs,
+    /// Ended because a new connection took over its 4-tuple, when not at the end of the
+    /// TIME_WAIT kept in line (`Connection::superseded_at`).
+    pub superseded_at: OptTs,
+    /// First SYN or SYN-ACK time of a side, when not one the record holds anyway
+    /// (`FIRST_SYN_AT_*`), [client, server].
+    pub syn_first: [OptTs; 2],
+    /// FIN retransmissions, [client, server].
+    pub fin_retransmits: [u32; 2],
+    /// SYN and SYN-ACK sends of a side that sent more than one, [client, server].
+    pub syn_resends: [Option<Box<SynResends>>; 2],
+    /// The TIME_WAIT of a side whose peer's holds the place in line (`TimeWaitAt::Rare`).
+    pub time_wait: Option<TimeWait>,
 }
 
 const NOTHING_RARE: Rare = Rare {
@@ -328,6 +413,11 @@ const NOTHING_RARE: Rare = Rare {
     },
     evicted_at: OptTs::NONE,
     expired_at: OptTs::NONE,
+    superseded_at: OptTs::NONE,
+    syn_first: [OptTs::NONE, OptTs::NONE],
+    fin_retransmits: [0, 0],
+    syn_resends: [None, None],
+    time_wait: None,
 };
 
 /// A place to send transitions when someone wants them (`events`); `None` costs nothing.
@@ -374,7 +464,9 @@ impl Connection {
             simultaneous_open: false,
             handshake_ack_disproven: false,
             rare: None,
-            superseded_at: OptTs::NONE,
+            superseded_at_time_wait_end: false,
+            time_wait_start: Ts(0),
+            time_wait_end: Ts(0),
             self_connected: seg.src == seg.dst,
         }
     }
@@ -408,6 +500,126 @@ impl Connection {
         self.rare().expired_at
     }
 
+    /// When `side` first sent a SYN or SYN-ACK.
+    pub fn syn_first(&self, side: Side) -> OptTs {
+        let sent = self.ends[side.index()].syn_sent;
+        if sent & FIRST_SYN_AT_START != 0 {
+            self.start.into()
+        } else if sent & FIRST_SYN_AT_SYNACK != 0 {
+            self.synack_first
+        } else {
+            self.rare().syn_first[side.index()]
+        }
+    }
+
+    /// Sets `syn_first`: a bit if it is a time the record holds anyway (neither `start` nor
+    /// `synack_first` changes once set), else in the rare part.
+    fn set_syn_first(&mut self, side: Side, ts: Ts) {
+        let i = side.index();
+        self.ends[i].syn_sent &= !(FIRST_SYN_AT_START | FIRST_SYN_AT_SYNACK);
+        if ts == self.start {
+            self.ends[i].syn_sent |= FIRST_SYN_AT_START;
+        } else if self.synack_first.get() == Some(ts) {
+            self.ends[i].syn_sent |= FIRST_SYN_AT_SYNACK;
+        } else {
+            self.rare_mut().syn_first[i] = ts.into();
+        }
+    }
+
+    fn syn_resends(&self, side: Side) -> Option<&SynResends> {
+        self.rare().syn_resends[side.index()].as_deref()
+    }
+
+    /// Bare SYNs `side` sent.
+    pub fn syn_count(&self, side: Side) -> u32 {
+        match self.syn_resends(side) {
+            Some(r) => r.syn_count,
+            None => u32::from(self.ends[side.index()].syn_sent & SENT_SYN != 0),
+        }
+    }
+
+    /// SYN-ACKs `side` sent.
+    pub fn synack_count(&self, side: Side) -> u32 {
+        match self.syn_resends(side) {
+            Some(r) => r.synack_count,
+            None => u32::from(self.ends[side.index()].syn_sent & SENT_SYNACK != 0),
+        }
+    }
+
+    /// Retransmissions of `side`'s bare SYN.
+    pub fn syn_retransmits(&self, side: Side) -> u32 {
+        self.syn_count(side).saturating_sub(1)
+    }
+
+    /// Retransmissions of `side`'s SYN-ACK.
+    pub fn synack_retransmits(&self, side: Side) -> u32 {
+        self.synack_count(side).saturating_sub(1)
+    }
+
+    /// Times of `side`'s SYN (or SYN-ACK) sends, once it sent more than one (at most
+    /// `SYN_TIMES_KEPT`).
+    pub fn syn_times(&self, side: Side) -> &[Ts] {
+        self.syn_resends(side).map_or(&[], |r| r.times.as_slice())
+    }
+
+    /// `side`'s last SYN or SYN-ACK send, and the one before it.
+    fn syn_last_two(&self, side: Side) -> (Option<Ts>, Option<Ts>) {
+        match self.syn_resends(side) {
+            // Read as `OptTs`, as `syn_first` is (`Ts::UNKNOWN`'s value is none).
+            Some(r) => (OptTs::from(r.last).get(), OptTs::from(r.prev).get()),
+            None => (self.syn_first(side).get(), None),
+        }
+    }
+
+    /// When it ended because a new connection took over its 4-tuple.
+    pub fn superseded_at(&self) -> OptTs {
+        if self.superseded_at_time_wait_end {
+            self.time_wait_end.into()
+        } else {
+            self.rare().superseded_at
+        }
+    }
+
+    /// `side`'s TIME_WAIT, if it entered one (the last, if more than one).
+    pub fn time_wait(&self, side: Side) -> Option<TimeWait> {
+        match self.ends[side.index()].time_wait {
+            TimeWaitAt::None => None,
+            TimeWaitAt::InLine(why) => Some(TimeWait {
+                start: self.time_wait_start,
+                end: why.map(|why| (self.time_wait_end, why)),
+            }),
+            TimeWaitAt::Rare => self.rare().time_wait,
+        }
+    }
+
+    fn set_time_wait(&mut self, side: Side, tw: TimeWait) {
+        let i = side.index();
+        let in_line = match self.ends[i].time_wait {
+            TimeWaitAt::InLine(_) => true,
+            TimeWaitAt::Rare => false,
+            TimeWaitAt::None => !matches!(self.ends[1 - i].time_wait, TimeWaitAt::InLine(_)),
+        };
+        if in_line {
+            self.time_wait_start = tw.start;
+            if let Some((end, _)) = tw.end {
+                if self.superseded_at_time_wait_end && end != self.time_wait_end {
+                    self.superseded_at_time_wait_end = false;
+                    self.rare_mut().superseded_at = self.time_wait_end.into();
+                }
+                self.time_wait_end = end;
+            }
+            self.ends[i].time_wait = TimeWaitAt::InLine(tw.end.map(|(_, why)| why));
+        } else {
+            self.rare_mut().time_wait = Some(tw);
+            self.ends[i].time_wait = TimeWaitAt::Rare;
+        }
+    }
+
+    /// Retransmissions of `side`'s FIN.
+    pub fn fin_retransmits(&self, side: Side) -> u32 {
+        self.rare().fin_retransmits[side.index()]
+    }
+
     /// Its 4-tuple, as the flow table files it.
     pub fn key(&self) -> crate::flow::FlowKey {
         crate::flow::FlowKey::new(self.ends[0].addr, self.ends[1].addr)
@@ -439,7 +651,7 @@ impl Connection {
             Handshake::Refused
         } else if self.synack_first.is_some() {
             Handshake::NotCompleted
-        } else if self.ends[0].syn_first.is_some() {
+        } else if self.syn_first(Side::Client).is_some() {
             Handshake::Unanswered
         } else {
             Handshake::NotSeen
@@ -495,16 +707,15 @@ impl Connection {
         packet: u64,
         sink: &mut TransitionSink<'_>,
     ) -> bool {
-        let end = &mut self.ends[side.index()];
-        let Some(to) = next_state(end.state, event) else {
+        let from = self.ends[side.index()].state;
+        let Some(to) = next_state(from, event) else {
             return false;
         };
-        let from = end.state;
         if from == to {
             return true;
         }
         if from == TimeWait
-            && let Some(tw) = end.time_wait.as_mut()
+            && let Some(mut tw) = self.time_wait(side)
         {
             let why = match event {
                 Event::TimeWaitExpired => TimeWaitEnd::Expired,
@@ -512,13 +723,18 @@ impl Connection {
                 _ => TimeWaitEnd::Reset,
             };
             tw.end = Some((ts, why));
+            self.set_time_wait(side, tw);
         }
         if to == TimeWait {
-            end.time_wait = Some(TimeWait {
-                start: ts,
-                end: None,
-            });
+            self.set_time_wait(
+                side,
+                TimeWait {
+                    start: ts,
+                    end: None,
+                },
+            );
         }
+        let end = &mut self.ends[side.index()];
         end.state = to;
         end.state_since = ts;
         end.inferred = matches!(event, Event::HandshakeGaveUp);
@@ -577,13 +793,13 @@ impl Connection {
         for &side in sides {
             let end = &self.ends[side.index()];
             if end.state == TimeWait {
-                let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
+                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
                 let expiry = start.plus(cfg.time_wait);
                 if now >= expiry {
                     self.set_state(side, Event::TimeWaitExpired, expiry, 0, sink);
                 }
             } else if matches!(end.state, SynSent | SynRecv)
-                && let Some(gave_up) = handshake_give_up_time(end)
+                && let Some(gave_up) = self.handshake_give_up_time(side)
                 && now >= gave_up
             {
                 self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
@@ -605,7 +821,7 @@ impl Connection {
         let end = &self.ends[side.index()];
         match end.state {
             TimeWait => {
-                let start = end.time_wait.map_or(end.state_since, |tw| tw.start);
+                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
                 if now >= start.plus(cfg.time_wait) {
                     Closed
                 } else {
@@ -613,7 +829,9 @@ impl Connection {
                 }
             }
             SynSent | SynRecv
-                if handshake_give_up_time(end).is_some_and(|gave_up| now >= gave_up) =>
+                if self
+                    .handshake_give_up_time(side)
+                    .is_some_and(|gave_up| now >= gave_up) =>
             {
                 Closed
             }
@@ -625,11 +843,12 @@ impl Connection {
     /// marked as cut short.
     pub fn finish(&mut self, now: Ts, cfg: &EngineConfig, sink: &mut TransitionSink<'_>) {
         self.advance_time(now, cfg, sink);
-        for end in &mut self.ends {
-            if let Some(tw) = end.time_wait.as_mut()
+        for side in [Side::Client, Side::Server] {
+            if let Some(mut tw) = self.time_wait(side)
                 && tw.end.is_none()
             {
                 tw.end = Some((now, TimeWaitEnd::CaptureEnded));
+                self.set_time_wait(side, tw);
             }
         }
     }
@@ -646,7 +865,12 @@ impl Connection {
         for side in [Side::Client, Side::Server] {
             self.set_state(side, Event::Superseded, ts, packet, sink);
         }
-        self.superseded_at = ts.into();
+        if self.time_wait_end == ts {
+            self.superseded_at_time_wait_end = true;
+        } else {
+            self.superseded_at_time_wait_end = false;
+            self.rare_mut().superseded_at = ts.into();
+        }
     }
 
     /// Feeds one segment sent by `from`.
@@ -695,14 +919,14 @@ impl Connection {
                 && trusted
                 && r_end.state == SynRecv
                 && r_end
-                    .isn
+                    .isn()
                     .is_some_and(|isn| seq::le(isn.wrapping_add(1), seg.ack));
             if acks_syn {
                 self.apply(from.other(), Event::RecvAckOfSyn, ts, packet, sink);
             }
             let r_end = &self.ends[r];
             let acks_fin = r_end
-                .fin_seq
+                .fin_seq()
                 .is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack));
             if acks_fin && matches!(r_end.state, FinWait1 | Closing | LastAck) {
                 self.apply(from.other(), Event::RecvAckOfFin, ts, packet, sink);
@@ -729,23 +953,23 @@ impl Connection {
             let end = &mut self.ends[from.index()];
             let probe = !seg.has(flags::FIN)
                 && end
-                    .snd_nxt
+                    .snd_nxt()
                     .is_some_and(|n| seq::is_probe(seg.seq, seg.payload_len, n));
             if !probe {
                 let seg_end = seg.seq.wrapping_add(seg.seq_len());
-                match end.snd_nxt {
+                match end.snd_nxt() {
                     Some(n) => {
                         if seq::lt(n, seg_end) {
                             let fin = seg.has(flags::FIN) as u32;
                             let new_bytes = seg_end.wrapping_sub(n).saturating_sub(fin);
                             end.bytes += u64::from(new_bytes.min(seg.payload_len));
-                            end.snd_nxt = Some(seg_end);
+                            end.set_snd_nxt(seg_end);
                         }
                     }
                     None => {
-                        end.first_seq = Some(seg.seq);
+                        end.set_first_seq(seg.seq);
                         end.bytes += u64::from(seg.payload_len);
-                        end.snd_nxt = Some(seg_end);
+                        end.set_snd_nxt(seg_end);
                     }
                 }
             }
@@ -781,8 +1005,8 @@ impl Connection {
         let syn = seg.has(flags::SYN);
         let ack = seg.has(flags::ACK);
         if syn && !ack {
-            if self.ends[0].isn != Some(seg.seq) || self.ends[0].state == Closed {
-                note_syn_send(&mut self.ends[0], seg, ts);
+            if self.ends[0].isn() != Some(seg.seq) || self.ends[0].state == Closed {
+                self.note_syn_send(me, seg, ts);
             }
             // Its own SYN reaches it in SYN_SENT: SYN_RECV, as in a simultaneous open.
             self.apply(me, Event::SentSyn, ts, packet, sink);
@@ -801,11 +1025,11 @@ impl Connection {
         self.note_sent_sequence(me, seg);
         if seg.has(flags::FIN) {
             let fin_seq = seg.seq.wrapping_add(seg.payload_len);
-            match self.ends[0].fin_seq {
-                Some(known) if known == fin_seq => self.ends[0].fin_retransmits += 1,
+            match self.ends[0].fin_seq() {
+                Some(known) if known == fin_seq => self.rare_mut().fin_retransmits[0] += 1,
                 Some(_) => self.rare_mut().anomalies.unexplained += 1,
                 None => {
-                    self.ends[0].fin_seq = Some(fin_seq);
+                    self.ends[0].set_fin_seq(fin_seq);
                     self.ends[0].fin_time = ts.into();
                     // It closes (FIN_WAIT1) and its own FIN arrives before the ACK of it: CLOSING.
                     self.apply(me, Event::SentFin, ts, packet, sink);
@@ -815,7 +1039,7 @@ impl Connection {
         } else if ack
             && self.ends[0].state == Closing
             && self.ends[0]
-                .fin_seq
+                .fin_seq()
                 .is_some_and(|f| seq::le(f.wrapping_add(1), seg.ack))
         {
             self.apply(me, Event::RecvAckOfFin, ts, packet, sink);
@@ -845,11 +1069,7 @@ impl Connection {
         packet: u64,
         sink: &mut TransitionSink<'_>,
     ) {
-        let s = from.index();
-        {
-            let end = &mut self.ends[s];
-            note_syn_send(end, seg, ts);
-        }
+        self.note_syn_send(from, seg, ts);
         if from == Side::Server {
             self.simultaneous_open = true;
         }
@@ -871,17 +1091,21 @@ impl Connection {
         let s = from.index();
         let r = from.other().index();
         let acceptable = self.ends[r]
-            .isn
+            .isn()
             .is_none_or(|isn| isn.wrapping_add(1) == seg.ack);
         if !acceptable {
             self.rare_mut().anomalies.unexplained += 1;
             return;
         }
         let resent_after_ack = !self.simultaneous_open
-            && self.ends[s].isn == Some(seg.seq)
+            && self.ends[s].isn() == Some(seg.seq)
             && self.ends[s].state == Established
-            && self.ends[s].snd_nxt == Some(seg.seq.wrapping_add(1));
-        note_syn_send(&mut self.ends[s], seg, ts);
+            && self.ends[s].snd_nxt() == Some(seg.seq.wrapping_add(1));
+        // Before the send is noted: the server's first SYN-ACK time is kept once, here.
+        if from == Side::Server && self.synack_first.is_none() {
+            self.synack_first = ts.into();
+        }
+        self.note_syn_send(from, seg, ts);
         if resent_after_ack {
             // The ACK we took as delivered never reached this side.
             self.set_state(from, Event::ResentSynAck, ts, packet, sink);
@@ -890,13 +1114,10 @@ impl Connection {
         } else {
             self.set_state(from, Event::SentSynAck, ts, packet, sink);
         }
-        if from == Side::Server && self.synack_first.is_none() {
-            self.synack_first = ts.into();
-        }
-        if self.ends[r].isn.is_none() {
+        if self.ends[r].isn().is_none() {
             // The SYN was missed: its sequence number is one below what this SYN-ACK acknowledges.
-            self.ends[r].isn = Some(seg.ack.wrapping_sub(1));
-            self.ends[r].snd_nxt = Some(seg.ack);
+            self.ends[r].set_isn(seg.ack.wrapping_sub(1));
+            self.ends[r].set_snd_nxt(seg.ack);
         }
         self.set_state(from.other(), Event::RecvSynAck, ts, packet, sink);
         if from == Side::Client {
@@ -919,15 +1140,15 @@ impl Connection {
             .seq
             .wrapping_add(seg.payload_len)
             .wrapping_add(seg.has(flags::SYN) as u32);
-        if let Some(known) = self.ends[s].fin_seq {
+        if let Some(known) = self.ends[s].fin_seq() {
             if known == fin_seq {
-                self.ends[s].fin_retransmits += 1;
+                self.rare_mut().fin_retransmits[s] += 1;
                 // A retransmitted FIN reaching TIME_WAIT restarts its 2MSL timer.
-                let r_end = &mut self.ends[r];
-                if r_end.state == TimeWait {
-                    r_end.state_since = ts;
-                    if let Some(tw) = r_end.time_wait.as_mut() {
+                if self.ends[r].state == TimeWait {
+                    self.ends[r].state_since = ts;
+                    if let Some(mut tw) = self.time_wait(from.other()) {
                         tw.start = ts;
+                        self.set_time_wait(from.other(), tw);
                     }
                 }
             } else {
@@ -935,10 +1156,10 @@ impl Connection {
             }
             return;
         }
-        self.ends[s].fin_seq = Some(fin_seq);
+        self.ends[s].set_fin_seq(fin_seq);
         self.ends[s].fin_time = ts.into();
         // The FIN's ACK tells whether the sender had already received the peer's FIN.
-        let peer_fin = self.ends[r].fin_seq;
+        let peer_fin = self.ends[r].fin_seq();
         let crossed = peer_fin
             .is_some_and(|pf| !(seg.has(flags::ACK) && seq::le(pf.wrapping_add(1), seg.ack)))
             && self.ends[s].state == CloseWait;
@@ -950,7 +1171,7 @@ impl Connection {
         }
         if self.ends[r].state == FinWait1
             && !self.ends[r]
-                .fin_seq
+                .fin_seq()
                 .is_some_and(|f| seg.has(flags::ACK) && seq::le(f.wrapping_add(1), seg.ack))
         {
             self.crossed_fins = true;
@@ -973,7 +1194,9 @@ impl Connection {
             // RFC 793: in SYN_SENT a RST is acceptable only if it acknowledges the SYN.
             SynSent => {
                 let ok = seg.has(flags::ACK)
-                    && r_end.isn.is_some_and(|isn| isn.wrapping_add(1) == seg.ack);
+                    && r_end
+                        .isn()
+                        .is_some_and(|isn| isn.wrapping_add(1) == seg.ack);
                 if ok {
                     RstVerdict::Accepted
                 } else {
@@ -982,9 +1205,9 @@ impl Connection {
             }
             // Nothing to protect: a socket already gone, or a listener that never answered.
             Closed | Listen => RstVerdict::Accepted,
-            state => match self.ends[s].snd_nxt {
+            state => match self.ends[s].snd_nxt() {
                 Some(rcv_nxt) => {
-                    let scale = match (r_end.wscale, self.ends[s].wscale) {
+                    let scale = match (r_end.wscale(), self.ends[s].wscale()) {
                         (Some(ws), Some(_)) => u32::from(ws.min(14)),
                         _ => 0,
                     };
@@ -1014,7 +1237,7 @@ impl Connection {
                 }
                 if from == Side::Server
                     && self.synack_first.is_none()
-                    && self.ends[0].syn_first.is_some()
+                    && self.syn_first(Side::Client).is_some()
                 {
                     self.refused = true;
                 }
@@ -1025,51 +1248,73 @@ impl Connection {
             RstVerdict::OutOfWindow => self.rare_mut().anomalies.rst_out_of_window += 1,
         }
     }
+
+    fn note_syn_send(&mut self, side: Side, seg: &Segment, ts: Ts) {
+        let (syn_count, synack_count) = (self.syn_count(side), self.synack_count(side));
+        let end = &mut self.ends[side.index()];
+        end.set_isn(seg.seq);
+        let after = seg.seq.wrapping_add(1);
+        end.set_snd_nxt(end.snd_nxt().map_or(after, |n| seq::max(n, after)));
+        if let Some(ws) = seg.wscale {
+            end.wscale = ws;
+            end.known |= KNOWN_WSCALE;
+        }
+        let sent_before = end.syn_sent & (SENT_SYN | SENT_SYNACK) != 0;
+        let synack = seg.has(flags::ACK);
+        end.syn_sent |= if synack { SENT_SYNACK } else { SENT_SYN };
+        let first = match self.syn_first(side).get() {
+            Some(first) => first,
+            None => {
+                self.set_syn_first(side, ts);
+                ts
+            }
+        };
+        if !sent_before {
+            return;
+        }
+        // A second send or later: allocate only for the few connections that send more than one.
+        let r = self.rare_mut().syn_resends[side.index()].get_or_insert_with(|| {
+            Box::new(SynResends {
+                syn_count,
+                synack_count,
+                last: first,
+                prev: first,
+                times: vec![first],
+            })
+        });
+        if synack {
+            r.synack_count += 1;
+        } else {
+            r.syn_count += 1;
+        }
+        if r.times.len() < SYN_TIMES_KEPT {
+            r.times.push(ts);
+        }
+        r.prev = r.last;
+        r.last = ts;
+    }
+
+    /// When `side`, sending SYNs (or SYN-ACKs), has given up, judged from its retransmission
+    /// spacing. The next retry would come at most twice the last gap later (exponential
+    /// backoff; Linux's first retries are 1 s apart, then double); a margin covers timer
+    /// slack. A single SYN is taken to have a 1 s retry timer (Linux's initial RTO). A lone
+    /// SYN-ACK proves nothing: its ACK may simply not be in the capture.
+    fn handshake_give_up_time(&self, side: Side) -> Option<Ts> {
+        let (last, prev) = self.syn_last_two(side);
+        let last = last?;
+        let gap = match prev {
+            Some(prev) => last.since(prev),
+            None if self.ends[side.index()].state == SynSent => Dur::from_millis(1000),
+            None => return None,
+        };
+        let wait = Dur(gap.0.saturating_mul(2));
+        let margin = Dur(wait.0 / 10 + Dur::from_millis(200).0);
+        Some(last.plus(wait).plus(margin))
+    }
 }
 
 /// How many SYN send times an endpoint keeps (Linux's default tcp_syn_retries is 6: 7 sends).
 pub const SYN_TIMES_KEPT: usize = 16;
-
-fn note_syn_send(end: &mut Endpoint, seg: &Segment, ts: Ts) {
-    end.isn = Some(seg.seq);
-    let after = seg.seq.wrapping_add(1);
-    end.snd_nxt = Some(end.snd_nxt.map_or(after, |n| seq::max(n, after)));
-    if seg.wscale.is_some() {
-        end.wscale = seg.wscale;
-    }
-    if seg.has(flags::ACK) {
-        end.synack_count += 1;
-    } else {
-        end.syn_count += 1;
-    }
-    let first = end.syn_first.get_or_set(ts);
-    if end.syn_count + end.synack_count >= 2 {
-        // Allocate only for the few connections that retransmit.
-        let times = end.syn_times.get_or_insert_with(|| Box::new(vec![first]));
-        if times.len() < SYN_TIMES_KEPT {
-            times.push(ts);
-        }
-    }
-    end.syn_prev = end.syn_last;
-    end.syn_last = ts.into();
-}
-
-/// When a SYN (or SYN-ACK) sender has given up, judged from its retransmission spacing.
-/// The next retry would come at most twice the last gap later (exponential backoff; Linux's
-/// first retries are 1 s apart, then double); a margin covers timer slack. A single SYN is
-/// taken to have a 1 s retry timer (Linux's initial RTO). A lone SYN-ACK proves nothing:
-/// its ACK may simply not be in the capture.
-fn handshake_give_up_time(end: &Endpoint) -> Option<Ts> {
-    let last = end.syn_last.get()?;
-    let gap = match end.syn_prev.get() {
-        Some(prev) => last.since(prev),
-        None if end.state == SynSent => Dur::from_millis(1000),
-        None => return None,
-    };
-    let wait = Dur(gap.0.saturating_mul(2));
-    let margin = Dur(wait.0 / 10 + Dur::from_millis(200).0);
-    Some(last.plus(wait).plus(margin))
-}
 
 /// A port guess for a connection seen without its handshake: the side on a well-known port,
 /// or on the lower port when only the other is in the ephemeral range, is the server.

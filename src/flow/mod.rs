@@ -311,7 +311,7 @@ impl FlowTable {
                 self.counters.evicted_half_open += 1;
                 let server = conn.end(Side::Server).addr;
                 let kept = self.flood.len() < FLOOD_SERVERS_KEPT;
-                let syns = u64::from(conn.end(Side::Client).syn_count.max(1));
+                let syns = u64::from(conn.syn_count(Side::Client).max(1));
                 match self.flood.get_mut(&server) {
                     Some(a) => {
                         a.count += 1;
@@ -475,7 +475,7 @@ fn starts_new_connection(
 ) -> bool {
     let sender = conn.end(side);
     if seg.has(flags::SYN) && !seg.has(flags::ACK) && !seg.has(flags::RST) {
-        if sender.isn == Some(seg.seq) {
+        if sender.isn() == Some(seg.seq) {
             return false; // a retransmission
         }
         let over = conn.is_over() || matches!(sender.state, TcpState::TimeWait | TcpState::Closed);

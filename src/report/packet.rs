@@ -37,10 +37,7 @@ pub struct Relative {
 
 impl Relative {
     pub fn of(conn: &Connection) -> Relative {
-        let base = |side: Side| {
-            let e = conn.end(side);
-            e.isn.or(e.first_seq)
-        };
+        let base = |side: Side| conn.end(side).seq_base();
         Relative {
             base: [base(Side::Client), base(Side::Server)],
         }
