@@ -227,6 +227,48 @@ fn a_busy_capture_gives_the_same_on_two_and_four_threads() {
 }
 
 #[test]
+fn under_max_conns_every_record_is_written_once_and_dropped_attempts_are_counted() {
+    // The limit is per worker, so the evictions differ from one thread's: what must hold is
+    // that every connection is either written once or counted as a dropped attempt, with ids
+    // 1..=N each used once. (Debug builds also check that the merge forgot every number.)
+    let recs = busy_capture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("busy.pcap");
+    std::fs::write(&path, pcap_bytes(&recs)).expect("write");
+    let path = path.to_str().expect("utf-8");
+    let run = tcpstate(&[
+        "conns",
+        "--format",
+        "json",
+        "--max-conns",
+        "200",
+        "--threads",
+        "2",
+        "-r",
+        path,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let counter = |name: &str| -> u64 {
+        run.stderr
+            .lines()
+            .find(|l| l.trim_end().ends_with(name))
+            .and_then(|l| l.trim_start_matches("tcpstate:").split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter '{name}' in\n{}", run.stderr))
+    };
+    let connections = counter("connections");
+    let dropped = counter("of them half-open attempts dropped (counted per server)");
+    assert!(dropped > 0, "{}", run.stderr);
+    let rows = common::json_lines(&run.stdout);
+    let mut ids: Vec<u64> = rows.iter().filter_map(|r| r["id"].as_u64()).collect();
+    assert_eq!(ids.len() as u64, connections - dropped, "{}", run.stderr);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), rows.len(), "an id written twice");
+    assert!(ids.iter().all(|&id| (1..=connections).contains(&id)));
+}
+
+#[test]
 fn threads_is_refused_where_it_cannot_apply() {
     let path = common::capture("mixed");
     for (args, says) in [

@@ -106,6 +106,9 @@ pub struct FlowTable {
     /// Number each connection by the packet that opened it instead of counting (`--threads`:
     /// a worker's numbers then sort as the whole capture's, and are renumbered when merged).
     ids_from_packets: bool,
+    /// With `ids_from_packets`: the ids of half-open attempts dropped without a record since
+    /// the last `take_dropped_ids` (the merge forgets their numbers).
+    dropped_ids: Vec<u64>,
     pub counters: FlowCounters,
     /// Evicted half-open attempts per server (at most `FLOOD_SERVERS_KEPT` servers).
     pub flood: HashMap<SockAddr, EvictedAttempts>,
@@ -177,6 +180,12 @@ impl FlowTable {
     /// Records held: live ones and those ended but not yet taken (what `finish` returns).
     pub fn held(&self) -> usize {
         self.records.len() + self.ended.len()
+    }
+
+    /// The ids of half-open attempts evicted without a record since the last call (only
+    /// kept for a table made by `for_shard`).
+    pub fn take_dropped_ids(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dropped_ids)
     }
 
     pub fn has_ended(&self) -> bool {
@@ -309,6 +318,9 @@ impl FlowTable {
             self.counters.evicted += 1;
             if conn.is_half_open_attempt() {
                 self.counters.evicted_half_open += 1;
+                if self.ids_from_packets {
+                    self.dropped_ids.push(conn.id);
+                }
                 let server = conn.end(Side::Server).addr;
                 let kept = self.flood.len() < FLOOD_SERVERS_KEPT;
                 let syns = u64::from(conn.syn_count(Side::Client).max(1));

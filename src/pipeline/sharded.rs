@@ -79,8 +79,8 @@ struct BatchDone {
     /// Packets that opened a connection, in order.
     opened: Vec<u64>,
     ended: Vec<Ended>,
-    /// Packets at which a half-open attempt was evicted without a record (one entry each).
-    dropped: Vec<u64>,
+    /// Half-open attempts evicted without a record: (packet at which, worker id).
+    dropped: Vec<(u64, u64)>,
 }
 
 /// What a worker has when its table is done.
@@ -355,6 +355,8 @@ fn merge_all(
         }
     }
     flows.peak_live = merge.peak_live;
+    // Every number handed out was taken back: by a record written, or an attempt dropped.
+    debug_assert!(merge.ids.is_empty(), "{} ids left", merge.ids.len());
     Ok(Merged {
         merge,
         flows,
@@ -432,7 +434,7 @@ impl Merge {
         let mut changes: Vec<(u64, bool)> = opened.iter().map(|&p| (p, true)).collect();
         for d in &done {
             changes.extend(d.ended.iter().map(|e| (e.key.0, false)));
-            changes.extend(d.dropped.iter().map(|&p| (p, false)));
+            changes.extend(d.dropped.iter().map(|&(p, _)| (p, false)));
         }
         changes.sort_unstable();
         for (_, opens) in changes {
@@ -441,6 +443,12 @@ impl Merge {
                 self.peak_live = self.peak_live.max(self.live);
             } else {
                 self.live = self.live.saturating_sub(1);
+            }
+        }
+        // Attempts dropped without a record never come back: their numbers are forgotten now.
+        for d in &done {
+            for (_, id) in &d.dropped {
+                self.ids.remove(id);
             }
         }
         // Each worker's ends are in order already: merged by key, each record moved once.
@@ -553,14 +561,14 @@ fn work(
 /// One segment into the table: what it opened, ended or dropped is noted for the merge.
 fn apply(table: &mut FlowTable, admitted: &Admitted, cfg: &EngineConfig, done: &mut BatchDone) {
     let Admitted { seg, ts, packet } = *admitted;
-    let (opened, dropped) = (table.counters.connections, table.counters.evicted_half_open);
+    let opened = table.counters.connections;
     table.apply(&seg, ts, packet, cfg, &mut None);
     if table.counters.connections > opened {
         done.opened.push(packet);
     }
-    for _ in dropped..table.counters.evicted_half_open {
-        done.dropped.push(packet);
-    }
+    let dropped = table.take_dropped_ids();
+    done.dropped
+        .extend(dropped.into_iter().map(|id| (packet, id)));
     if table.has_ended() {
         let ended = table.take_ended().into_iter().enumerate();
         done.ended.extend(ended.map(|(i, conn)| Ended {
