@@ -471,8 +471,10 @@ impl Merge {
             let Some(Ended { key, now, mut conn }) = next.and_then(|(_, i)| lists[i].next()) else {
                 break;
             };
+            // Once the sink asked to stop, nothing more is handed to it.
             if let Some((packet, at)) = group_at
                 && packet != key.0
+                && !group.is_empty()
             {
                 flow = sink.ended(&mut group, at, first);
                 group.clear();
