@@ -178,14 +178,22 @@ fn busy_capture() -> Vec<Rec> {
     recs
 }
 
-#[test]
-fn a_busy_capture_gives_the_same_on_two_and_four_threads() {
+/// `busy_capture` written to a file in a temporary folder (removed when the folder is
+/// dropped); returns both.
+fn busy_capture_file() -> (tempfile::TempDir, String) {
     let recs = busy_capture();
     assert!(recs.len() > 60_000, "only {} packets", recs.len());
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("busy.pcap");
     std::fs::write(&path, pcap_bytes(&recs)).expect("write");
-    let path = path.to_str().expect("utf-8");
+    let path = path.to_str().expect("utf-8").to_string();
+    (dir, path)
+}
+
+#[test]
+fn a_busy_capture_gives_the_same_on_two_and_four_threads() {
+    let (_dir, path) = busy_capture_file();
+    let path = path.as_str();
     let timers = [
         "--time-wait",
         "2",
@@ -231,11 +239,8 @@ fn under_max_conns_every_record_is_written_once_and_dropped_attempts_are_counted
     // The limit is per worker, so the evictions differ from one thread's: what must hold is
     // that every connection is either written once or counted as a dropped attempt, with ids
     // 1..=N each used once. (Debug builds also check that the merge forgot every number.)
-    let recs = busy_capture();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("busy.pcap");
-    std::fs::write(&path, pcap_bytes(&recs)).expect("write");
-    let path = path.to_str().expect("utf-8");
+    let (_dir, path) = busy_capture_file();
+    let path = path.as_str();
     let run = tcpstate(&[
         "conns",
         "--format",
