@@ -16,24 +16,37 @@ fn opt_secs(v: Option<f64>) -> String {
 
 /// How the connection ended, in a few words: "client FIN", "server RST in ESTABLISHED".
 fn close_words(r: &ConnSummary) -> String {
-    let mut parts = Vec::new();
+    let mut line = Vec::new();
+    push_close_words(&mut line, r);
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// `close_words` written into `line`.
+fn push_close_words(line: &mut Vec<u8>, r: &ConnSummary) {
+    let start = line.len();
     if let Some(who) = r.first_closer {
-        parts.push(match who {
-            "simultaneous" => "both FIN (crossed)".to_string(),
-            w => format!("{w} FIN first"),
-        });
-    }
-    if let (Some(by), Some(st)) = (r.reset_by, r.reset_sender_state) {
-        if r.handshake == "refused" {
-            parts.push(format!("{by} RST (refused)"));
-        } else {
-            parts.push(format!("{by} RST in {st}"));
+        match who {
+            "simultaneous" => line.extend_from_slice(b"both FIN (crossed)"),
+            w => {
+                line.extend_from_slice(w.as_bytes());
+                line.extend_from_slice(b" FIN first");
+            }
         }
     }
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(", ")
+    if let (Some(by), Some(st)) = (r.reset_by, r.reset_sender_state) {
+        if line.len() > start {
+            line.extend_from_slice(b", ");
+        }
+        line.extend_from_slice(by.as_bytes());
+        if r.handshake == "refused" {
+            line.extend_from_slice(b" RST (refused)");
+        } else {
+            line.extend_from_slice(b" RST in ");
+            line.extend_from_slice(st.as_bytes());
+        }
+    }
+    if line.len() == start {
+        line.push(b'-');
     }
 }
 
@@ -254,39 +267,41 @@ impl Default for TableStream {
 /// (finite, not negative, below 2^53); others go through `format!`. The float formatting of
 /// std cost more than the rest of a streamed row.
 fn push_fixed(line: &mut Vec<u8>, v: f64, places: u32) {
-    let scale = 10u64.pow(places);
     let bits = v.to_bits();
     let (exp_bits, frac) = (((bits >> 52) & 0x7ff) as i32, bits & ((1 << 52) - 1));
-    // v = mant * 2^exp exactly.
+    // v = mant * 2^exp exactly, mant < 2^53.
     let (mant, exp) = if exp_bits == 0 {
         (frac, -1074)
     } else {
         (frac | (1 << 52), exp_bits - 1075)
     };
-    if v.is_sign_negative() || !v.is_finite() || v >= 9_007_199_254_740_992.0 {
+    // With at most 3 places, mant * 10^places < 2^63: all in u64 (u128 division cost more
+    // than the rest of the number).
+    if places > 3 || v.is_sign_negative() || !v.is_finite() || v >= 9_007_199_254_740_992.0 {
         let _ = write!(line, "{v:.p$}", p = places as usize);
         return;
     }
-    // v * scale, rounded half to even: mant * scale fits in 128 bits.
-    let scaled = u128::from(mant) * u128::from(scale);
-    let units = if exp >= 0 {
-        scaled << exp
+    let scale = 10u64.pow(places);
+    let scaled = mant * scale;
+    // v < 2^53 with mant >= 2^52 leaves exp <= 0: v * scale is scaled >> -exp, rounded
+    // half to even.
+    let shift = exp.unsigned_abs();
+    let units = if shift == 0 {
+        scaled
+    } else if shift >= 64 {
+        // scaled < 2^63 <= half of 2^shift: rounds to 0.
+        0
     } else {
-        let shift = (-exp) as u32;
-        if shift >= 128 {
-            0
+        let q = scaled >> shift;
+        let rem = scaled - (q << shift);
+        let half = 1u64 << (shift - 1);
+        if rem > half || (rem == half && q & 1 == 1) {
+            q + 1
         } else {
-            let q = scaled >> shift;
-            let rem = scaled - (q << shift);
-            let half = 1u128 << (shift - 1);
-            if rem > half || (rem == half && q & 1 == 1) {
-                q + 1
-            } else {
-                q
-            }
+            q
         }
     };
-    let (whole, part) = (units / u128::from(scale), units % u128::from(scale));
+    let (whole, part) = (units / scale, units % scale);
     let mut int = itoa::Buffer::new();
     line.extend_from_slice(int.format(whole).as_bytes());
     if places > 0 {
@@ -384,7 +399,7 @@ fn push_line(
         None => line.push(b'-'),
     }
     next(line, &mut cell_start);
-    line.extend_from_slice(close_words(r).as_bytes());
+    push_close_words(line, r);
     next(line, &mut cell_start);
     let mut any_time_wait = false;
     for (side, d, why) in [
