@@ -229,7 +229,7 @@ impl RowWriter {
         if !(1.0..8_589_934_592.0).contains(&v) {
             return false;
         }
-        let micros = (v * 1e6).round();
+        let micros = crate::time::round_half_away(v * 1e6);
         if micros / 1e6 != v {
             return false;
         }
