@@ -315,17 +315,7 @@ fn push_fixed(line: &mut Vec<u8>, v: f64, places: u32) {
 /// An address as `SockAddr`'s Display writes it, IPv4 without going through `fmt`.
 fn push_addr(line: &mut Vec<u8>, a: SockAddr) {
     match a.ip {
-        std::net::IpAddr::V4(ip) => {
-            let mut int = itoa::Buffer::new();
-            for (i, o) in ip.octets().into_iter().enumerate() {
-                if i > 0 {
-                    line.push(b'.');
-                }
-                line.extend_from_slice(int.format(o).as_bytes());
-            }
-            line.push(b':');
-            line.extend_from_slice(int.format(a.port).as_bytes());
-        }
+        std::net::IpAddr::V4(ip) => super::push_ipv4_sock(line, ip, a.port),
         _ => {
             let _ = write!(line, "{a}");
         }

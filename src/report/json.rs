@@ -285,14 +285,7 @@ impl RowWriter {
             }) => {
                 // The same text as `SockAddr`'s Display, without going through `fmt`.
                 self.buf.push(b'"');
-                for (i, o) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.buf.push(b'.');
-                    }
-                    self.uint(o);
-                }
-                self.buf.push(b':');
-                self.uint(port);
+                super::push_ipv4_sock(&mut self.buf, ip, port);
                 self.buf.push(b'"');
             }
             Addr::Sock(a) => {
