@@ -97,6 +97,10 @@ pub struct FlowTable {
     /// attacker chooses do not collide at will.
     index: HashTable<(SlotId, u32)>,
     hasher: DefaultHashBuilder,
+    /// The slot the last packet went to: a run of packets on one connection (a burst of
+    /// data, a request and its answer) finds its record without hashing. Cleared whenever a
+    /// record leaves its slot.
+    last_slot: Option<SlotId>,
     /// Records that have ended (superseded by a reuse of their 4-tuple, over for 2MSL,
     /// expired or evicted), in the order they ended, until someone takes them.
     ended: Vec<Connection>,
@@ -158,6 +162,7 @@ impl FlowTable {
 
     /// Takes the record in `slot` out of the table.
     fn remove(&mut self, slot: SlotId) -> Connection {
+        self.last_slot = None;
         let conn = self.records.remove(slot);
         let short = tuple_hash(&self.hasher, conn.ends[0].addr, conn.ends[1].addr);
         if let Ok(entry) = self.index.find_entry(spread(short), |&(s, _)| s == slot) {
@@ -223,12 +228,19 @@ impl FlowTable {
         cfg: &EngineConfig,
         sink: &mut TransitionSink<'_>,
     ) -> u64 {
-        let short = tuple_hash(&self.hasher, seg.src, seg.dst);
-        let records = &self.records;
-        let Some(&(slot, _)) = self.index.find(spread(short), |&(slot, s)| {
-            s == short && holds(records.get(slot), seg.src, seg.dst)
-        }) else {
-            return self.insert_new(short, seg, ts, packet, cfg, sink);
+        let slot = match self.last_slot {
+            Some(slot) if holds(self.records.get(slot), seg.src, seg.dst) => slot,
+            _ => {
+                let short = tuple_hash(&self.hasher, seg.src, seg.dst);
+                let records = &self.records;
+                let Some(&(slot, _)) = self.index.find(spread(short), |&(slot, s)| {
+                    s == short && holds(records.get(slot), seg.src, seg.dst)
+                }) else {
+                    return self.insert_new(short, seg, ts, packet, cfg, sink);
+                };
+                self.last_slot = Some(slot);
+                slot
+            }
         };
         // A record past its deadline ends now, whether or not a sweep has come by, so that
         // results never depend on when sweeps happen.
@@ -236,6 +248,7 @@ impl FlowTable {
             let conn = self.remove(slot);
             let conn = self.end_idle(conn, cfg, sink);
             self.ended.push(conn);
+            let short = tuple_hash(&self.hasher, seg.src, seg.dst);
             return self.insert_new(short, seg, ts, packet, cfg, sink);
         }
         let conn = self.records.get_mut(slot);
@@ -293,6 +306,7 @@ impl FlowTable {
         let id = conn.id;
         conn.on_segment(seg, conn.side_of(seg.src), ts, packet, cfg, sink);
         let slot = self.records.insert(conn);
+        self.last_slot = Some(slot);
         self.counters.peak_live = self.counters.peak_live.max(self.records.len() as u64);
         self.index
             .insert_unique(spread(short), (slot, short), |&(_, s)| spread(s));
@@ -426,6 +440,7 @@ impl FlowTable {
         order.sort_unstable();
         for (_, live, at) in order {
             let conn = if live {
+                self.last_slot = None;
                 let mut conn = self.records.remove(at);
                 conn.finish(now, cfg, sink);
                 Some(conn)
