@@ -219,14 +219,15 @@ impl RowWriter {
         }
     }
 
-    /// Writes `v` by integer arithmetic when it is a whole number of microseconds from 1 s
-    /// to 2^33 s (every epoch time and most durations in a row), giving zmij's shortest text:
-    /// doubles there are closer together than 1 µs, so the µs decimal with its trailing zeros
-    /// cut is the shortest that reads back as `v`, and zmij writes that range without an
-    /// exponent. Formatting the float cost more than the rest of a row. False: not written.
+    /// Writes `v` by integer arithmetic when it is a whole number of microseconds from 1 µs
+    /// to 2^33 s (every epoch time, and every duration of a capture with microsecond
+    /// timestamps), giving zmij's shortest text: doubles there are closer together than 1 µs,
+    /// so the µs decimal with its trailing zeros cut is the shortest that reads back as `v`.
+    /// zmij writes it without an exponent from 10 µs up, and as `5e-6` below. Formatting the
+    /// float cost more than the rest of a row. False: not written.
     #[inline]
     fn whole_micros(&mut self, v: f64) -> bool {
-        if !(1.0..8_589_934_592.0).contains(&v) {
+        if !(0.000001..8_589_934_592.0).contains(&v) {
             return false;
         }
         let micros = crate::time::round_half_away(v * 1e6);
@@ -234,6 +235,12 @@ impl RowWriter {
             return false;
         }
         let micros = micros as u64;
+        if micros < 10 {
+            // Below 10 µs zmij writes an exponent: 5e-6.
+            self.buf
+                .extend_from_slice(&[b'0' + micros as u8, b'e', b'-', b'6']);
+            return true;
+        }
         let (secs, mut frac) = (micros / 1_000_000, micros % 1_000_000);
         self.uint(secs);
         self.buf.push(b'.');
@@ -353,7 +360,7 @@ mod tests {
             .then(|| String::from_utf8(w.buf).expect("ASCII"))
     }
 
-    /// The integer path gives zmij's text for whole microseconds from 1 s to 2^33 s: epoch
+    /// The integer path gives zmij's text for whole microseconds from 1 µs to 2^33 s (below 10 µs with zmij's exponent): epoch
     /// times as `epoch_secs` makes them from nanoseconds, the ends of the range, round
     /// values, and random doubles (which it must either match or leave alone).
     #[test]
@@ -372,13 +379,25 @@ mod tests {
             1_795_273_206.999999,
             8_589_934_591.999999,
             4_294_967_296.5,
+            0.5,
+            0.999999,
+            0.0001,
+            0.000123,
+            0.010_204,
+            0.000099,
+            0.00001,
+            0.000012,
+            0.000001,
+            0.000009,
+            0.00005,
         ] {
             assert_eq!(integer_text(v), Some(zmij_text(v)), "{v}");
         }
         for v in [
             0.0,
-            0.5,
-            0.999999,
+            1e-7,
+            0.0000015,
+            0.000_010_5,
             8_589_934_592.0,
             1e21,
             -1.5,
@@ -387,16 +406,25 @@ mod tests {
         ] {
             assert_eq!(integer_text(v), None, "{v}");
         }
+        // Every whole number of microseconds up to 0.1 s, where the text changes form.
+        for micros in 1..100_000u32 {
+            let v = f64::from(micros) / 1e6;
+            assert_eq!(integer_text(v), Some(zmij_text(v)), "{v}");
+        }
         let mut runner = crate::seeded_runner(50_000);
         runner
             .run(
                 &(
                     0i64..8_600_000_000_000_000_000,
                     any::<f64>(),
-                    1_000_000u64..8_589_934_592_000_000,
+                    1u64..8_589_934_592_000_000,
                 ),
                 |(nanos, random, micros)| {
                     let v = micros as f64 / 1e6;
+                    if let Some(text) = integer_text(v) {
+                        prop_assert_eq!(text, zmij_text(v));
+                    }
+                    let v = (micros % 1_000_000) as f64 / 1e6;
                     if let Some(text) = integer_text(v) {
                         prop_assert_eq!(text, zmij_text(v));
                     }
