@@ -244,8 +244,8 @@ impl Table {
 }
 
 /// `a.b.c.d:port` as `SockAddr`'s Display writes it, built in a 21-byte stack buffer and
-/// added in one copy: an address is written twice a row, and a push per piece cost more
-/// than the rest of the row's numbers.
+/// added in one copy: an address is written twice a row, and a push or a division per digit
+/// cost more than the rest of the row's numbers.
 pub fn push_ipv4_sock(out: &mut Vec<u8>, ip: std::net::Ipv4Addr, port: u16) {
     let mut text = [0u8; 21];
     let mut at = 0;
@@ -254,29 +254,36 @@ pub fn push_ipv4_sock(out: &mut Vec<u8>, ip: std::net::Ipv4Addr, port: u16) {
             text[at] = b'.';
             at += 1;
         }
-        at = put_decimal(&mut text, at, u32::from(o));
+        // All three bytes are copied; those past the octet's length are overwritten next.
+        let (len, digits) = OCTET_TEXT[usize::from(o)];
+        text[at..at + 3].copy_from_slice(&digits);
+        at += usize::from(len);
     }
     text[at] = b':';
-    at = put_decimal(&mut text, at + 1, u32::from(port));
-    out.extend_from_slice(&text[..at]);
+    at += 1;
+    let mut int = itoa::Buffer::new();
+    let port = int.format(port).as_bytes();
+    text[at..at + port.len()].copy_from_slice(port);
+    out.extend_from_slice(&text[..at + port.len()]);
 }
 
-/// Writes `v` (below 100,000) in decimal at `text[at..]`; returns where it ends.
-fn put_decimal(text: &mut [u8; 21], at: usize, v: u32) -> usize {
-    let len = match v {
-        0..=9 => 1,
-        10..=99 => 2,
-        100..=999 => 3,
-        1000..=9999 => 4,
-        _ => 5,
-    };
-    let mut rest = v;
-    for place in text[at..at + len].iter_mut().rev() {
-        *place = b'0' + (rest % 10) as u8;
-        rest /= 10;
+/// The decimal text of every byte value: its length and its digits.
+static OCTET_TEXT: [(u8, [u8; 3]); 256] = {
+    let mut table = [(0u8, [0u8; 3]); 256];
+    let mut v = 0;
+    while v < 256 {
+        let (h, t, o) = ((v / 100) as u8, (v / 10 % 10) as u8, (v % 10) as u8);
+        table[v] = if v >= 100 {
+            (3, [b'0' + h, b'0' + t, b'0' + o])
+        } else if v >= 10 {
+            (2, [b'0' + t, b'0' + o, 0])
+        } else {
+            (1, [b'0' + o, 0, 0])
+        };
+        v += 1;
     }
-    at + len
-}
+    table
+};
 
 /// The width of each column: its widest cell, in characters.
 pub fn column_widths(rows: &[Vec<String>]) -> Vec<usize> {
