@@ -543,6 +543,12 @@ trait Watcher {
     fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
         Some(conn)
     }
+
+    /// Whether `at_finish` keeps every record (as this default does): the engine then hands
+    /// them over in its own list, sorted where it lies, and never copies the table.
+    fn keeps_every_record(&self) -> bool {
+        true
+    }
 }
 
 /// Commands that report only at the end.
@@ -654,7 +660,7 @@ fn run_records(input: &InputArgs, stop_at: Option<&str>) -> Result<(Outcome, Sou
     let (mut outcome, end) = run_sharded(input, stop_at, &mut all)?;
     // As one thread hands them over: every record, in id order.
     all.conns.append(&mut outcome.connections);
-    all.conns.sort_unstable_by_key(|c| c.id);
+    crate::flow::sort_large_by_key(&mut all.conns, |c| c.id);
     outcome.connections = all.conns;
     Ok((outcome, end))
 }
@@ -724,6 +730,9 @@ fn run_engine(
     let mut engine = engine.into_inner();
     let watcher = watcher.into_inner();
     watcher.at_end(&mut engine);
+    if watcher.keeps_every_record() {
+        return Ok((engine.finish(), end));
+    }
     // Sized once, when the first record is kept: growing by doubling would hold the records
     // up to three times over.
     let held = engine.held_connections();
@@ -907,6 +916,9 @@ impl Watcher for ConnsStream {
             let _ = self.write_batch();
         }
         None
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
     }
 }
 

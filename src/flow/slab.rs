@@ -65,6 +65,14 @@ impl Slab {
         conn
     }
 
+    /// Takes every record out, in slot order, freeing each chunk once it is emptied (the
+    /// records' memory does not stay held while they are moved elsewhere).
+    pub fn into_records(self) -> impl Iterator<Item = Connection> {
+        self.chunks
+            .into_iter()
+            .flat_map(|chunk| chunk.into_iter().flatten())
+    }
+
     /// Every record with its slot, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (SlotId, &Connection)> {
         self.chunks.iter().enumerate().flat_map(|(n, chunk)| {

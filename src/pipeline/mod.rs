@@ -8,7 +8,9 @@ use crate::capture::filter::PacketFilter;
 use crate::decode::SockAddr;
 use crate::decode::{self, DecodeError, Decoded, LengthDoubt, LinkType, Segment};
 use crate::flow::conn::Transition;
-use crate::flow::{Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowKey, FlowTable};
+use crate::flow::{
+    Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowKey, FlowTable, TransitionSink,
+};
 use crate::time::Ts;
 
 /// What happened to the packets that did not drive a state machine.
@@ -346,17 +348,41 @@ impl Engine {
 
     /// Ends the run: timers advance to the end time (`--at`, or the last packet).
     pub fn finish(self) -> Outcome {
-        // Sized once: growing by doubling would hold the records up to three times over.
-        let mut connections = Vec::with_capacity(self.held_connections());
-        let mut outcome = self.finish_each(|c| connections.push(c));
-        outcome.connections = connections;
-        outcome
+        self.finish_with(|table, end, cfg, sink, anomalies| {
+            // The table's own list of ended records, sorted in place: no second copy.
+            let all = table.finish(end, cfg, sink);
+            for c in &all {
+                anomalies.add(c);
+            }
+            all
+        })
     }
 
     /// `finish`, handing the remaining connections to `each` in id order instead of keeping
     /// them (`Outcome::connections` is empty): a report that writes each as it comes never
     /// holds a second copy of the table.
     pub fn finish_each(self, mut each: impl FnMut(Connection)) -> Outcome {
+        self.finish_with(|table, end, cfg, sink, anomalies| {
+            table.finish_each(end, cfg, sink, |c| {
+                anomalies.add(&c);
+                each(c);
+            });
+            Vec::new()
+        })
+    }
+
+    /// Ends the run; `take` ends the table's records at the end time and returns those to
+    /// keep in `Outcome::connections`, adding each record's anomalies up.
+    fn finish_with(
+        self,
+        take: impl FnOnce(
+            FlowTable,
+            Ts,
+            &EngineConfig,
+            &mut TransitionSink<'_>,
+            &mut AnomalyTotals,
+        ) -> Vec<Connection>,
+    ) -> Outcome {
         let end = self.end_time();
         let mut transitions = self.transitions;
         let mut sink = transitions.as_mut();
@@ -364,16 +390,14 @@ impl Engine {
         let mut evicted_attempts: Vec<_> = self.table.flood.iter().map(|(k, v)| (*k, *v)).collect();
         evicted_attempts.sort_by_key(|(k, _)| *k);
         let mut anomalies = self.taken_anomalies;
-        if let Some(end) = end {
-            self.table.finish_each(end, &self.cfg, &mut sink, |c| {
-                anomalies.add(&c);
-                each(c);
-            });
-        }
+        let connections = match end {
+            Some(end) => take(self.table, end, &self.cfg, &mut sink, &mut anomalies),
+            None => Vec::new(),
+        };
         let mut transitions = transitions.unwrap_or_default();
         transitions.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
         Outcome {
-            connections: Vec::new(),
+            connections,
             packets: self.front.counters,
             flows,
             first_ts: self.front.first_ts,
