@@ -65,8 +65,9 @@ impl Slab {
         conn
     }
 
-    /// Takes every record out, in slot order, freeing each chunk once it is emptied (the
-    /// records' memory does not stay held while they are moved elsewhere).
+    /// Takes every record out, in slot order, giving each chunk back to the allocator once
+    /// it is emptied. (glibc keeps such chunks for reuse rather than returning them to the
+    /// system, so a table mostly live at the end still peaks at twice its records.)
     pub fn into_records(self) -> impl Iterator<Item = Connection> {
         self.chunks
             .into_iter()
