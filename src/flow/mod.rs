@@ -549,8 +549,61 @@ fn starts_new_connection(
 
 #[cfg(test)]
 mod tests {
-    use super::sort_large_by_key;
+    use super::*;
     use proptest::prelude::*;
+
+    fn syn(client_port: u16) -> Segment {
+        Segment {
+            src: SockAddr {
+                ip: "10.0.0.1".parse().unwrap(),
+                port: client_port,
+            },
+            dst: SockAddr {
+                ip: "10.0.0.2".parse().unwrap(),
+                port: 80,
+            },
+            seq: 1000,
+            ack: 0,
+            flags: flags::SYN,
+            window: 1024,
+            wscale: None,
+            payload_len: 0,
+        }
+    }
+
+    /// The slot the last packet used is never trusted after its record left: a record that
+    /// ends (idle, evicted, at the end) while it is the last one used leaves no stale slot.
+    #[test]
+    fn last_slot_is_dropped_with_its_record() {
+        let cfg = EngineConfig {
+            max_conns: Some(1),
+            idle: IdleTimeouts {
+                handshake: Dur::from_millis(1_000),
+                ..IdleTimeouts::default()
+            },
+            ..EngineConfig::default()
+        };
+        let mut table = FlowTable::new();
+        let at = |ms: i64| Ts(ms * 1_000_000);
+        let a = table.on_segment(&syn(1), at(0), 1, &cfg, &mut None);
+        // Past the handshake's idle deadline: the same tuple starts a new connection.
+        let b = table.on_segment(&syn(1), at(5_000), 2, &cfg, &mut None);
+        // A new tuple evicts the only record (--max-conns 1), which was the last one used.
+        let c = table.on_segment(&syn(2), at(5_001), 3, &cfg, &mut None);
+        let d = table.on_segment(&syn(1), at(5_002), 4, &cfg, &mut None);
+        let e = table.on_segment(&syn(1), at(5_003), 5, &cfg, &mut None);
+        assert_eq!((a, b, c, d), (1, 2, 3, 4));
+        // A retransmitted SYN on a live record goes to it, through the last slot.
+        assert_eq!(e, 4);
+        // 1 ended idle; 2 and 3 were half-open attempts evicted without a record.
+        assert_eq!(table.counters.evicted_half_open, 2);
+        let ids: Vec<u64> = table
+            .finish(at(6_000), &cfg, &mut None)
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, [1, 4]);
+    }
 
     /// The cycle-following sort gives what a stable sort of the elements gives.
     #[test]
