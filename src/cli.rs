@@ -555,6 +555,48 @@ trait Watcher {
 struct AtTheEnd;
 impl Watcher for AtTheEnd {}
 
+/// `summary`: every record is added to the summary as it ends, and none is kept.
+#[derive(Default)]
+struct SummaryStream {
+    builder: summary::SummaryBuilder,
+}
+
+impl Watcher for SummaryStream {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if engine.has_ended() {
+            for c in engine.take_ended() {
+                self.builder.add(&c);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        // What ended with the last packet, if reading stopped before `after_packet` ran.
+        let _ = self.after_packet(engine);
+    }
+    fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
+        self.builder.add(&conn);
+        None
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
+    }
+}
+
+impl MergedSink for SummaryStream {
+    fn ended(&mut self, conns: &mut Vec<Connection>, _: Ts, _: Option<Ts>) -> ControlFlow<()> {
+        for c in conns.drain(..) {
+            self.builder.add(&c);
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, _end: Option<Ts>, _first: Option<Ts>) {}
+    fn finished(&mut self, conn: Connection) -> Option<Connection> {
+        self.builder.add(&conn);
+        None
+    }
+}
+
 fn wall_clock() -> Ts {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1466,8 +1508,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if args.format == Format::Csv {
                 return Err(usage("summary has no CSV form: use --format json".into()));
             }
-            let (outcome, source_end) = run_records(&args.input, None)?;
-            let sum = summary::summarize_all(&outcome.connections);
+            // Each record is added up as it ends: only its durations are kept, not the record.
+            let mut adding = SummaryStream::default();
+            let (outcome, source_end) = if args.input.threads > 1 {
+                run_sharded(&args.input, None, &mut adding)?
+            } else {
+                run_engine(&args.input, Keep::default(), &mut adding)?
+            };
+            let sum = adding.builder.finish();
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_summary_text(out, &sum),
                 Format::Json => report::write_json_lines(out, std::slice::from_ref(&sum)),

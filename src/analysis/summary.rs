@@ -62,15 +62,38 @@ pub struct Summary {
 }
 
 pub fn summarize_all(conns: &[Connection]) -> Summary {
-    let mut h = HandshakeCounts::default();
-    let mut k = CloseCounts::default();
-    let (mut hs, mut syn_synack, mut synack_ack) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut half, mut half_open) = (Vec::new(), 0u64);
-    let mut tw = Vec::new();
-    let (mut tw_cut, mut tw_expired, mut tw_reused, mut tw_reset) = (0, 0, 0, 0);
-    let mut partial = 0;
+    let mut builder = SummaryBuilder::default();
     for c in conns {
-        partial += u64::from(c.partial);
+        builder.add(c);
+    }
+    builder.finish()
+}
+
+/// A summary added up one connection at a time, in any order: a run can count each record
+/// as it ends and keep only the durations (a few floats a connection, not the record).
+#[derive(Default)]
+pub struct SummaryBuilder {
+    connections: u64,
+    partial: u64,
+    handshakes: HandshakeCounts,
+    closes: CloseCounts,
+    handshake_time: Vec<f64>,
+    syn_to_synack: Vec<f64>,
+    synack_to_ack: Vec<f64>,
+    half_close: Vec<f64>,
+    half_close_open_at_end: u64,
+    time_wait: Vec<f64>,
+    time_wait_cut_short: u64,
+    time_wait_expired: u64,
+    time_wait_reused: u64,
+    time_wait_reset: u64,
+}
+
+impl SummaryBuilder {
+    pub fn add(&mut self, c: &Connection) {
+        let (h, k) = (&mut self.handshakes, &mut self.closes);
+        self.connections += 1;
+        self.partial += u64::from(c.partial);
         let handshake = c.handshake();
         match handshake {
             Handshake::Completed => h.completed += 1,
@@ -83,16 +106,16 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
         if handshake == Handshake::Completed
             && let (Some(s), Some(done)) = (syn, c.handshake_done.get())
         {
-            hs.push(secs(done.since(s)));
+            self.handshake_time.push(secs(done.since(s)));
             if let Some(sa) = c.synack_first.get() {
-                syn_synack.push(secs(sa.since(s)));
-                synack_ack.push(secs(done.since(sa)));
+                self.syn_to_synack.push(secs(sa.since(s)));
+                self.synack_to_ack.push(secs(done.since(sa)));
             }
         }
         let fins = c.fin_times();
         match fins.as_slice() {
-            [a, b] => half.push(secs(b.since(*a))),
-            [_] if c.reset().is_none() => half_open += 1,
+            [a, b] => self.half_close.push(secs(b.since(*a))),
+            [_] if c.reset().is_none() => self.half_close_open_at_end += 1,
             _ => {}
         }
         let refused = handshake == Handshake::Refused;
@@ -117,32 +140,35 @@ pub fn summarize_all(conns: &[Connection]) -> Summary {
             if let Some(t) = c.time_wait(side) {
                 match t.end {
                     Some((end, why)) if why != TimeWaitEnd::CaptureEnded => {
-                        tw.push(secs(end.since(t.start)));
+                        self.time_wait.push(secs(end.since(t.start)));
                         match why {
-                            TimeWaitEnd::Expired => tw_expired += 1,
-                            TimeWaitEnd::Reused => tw_reused += 1,
-                            _ => tw_reset += 1,
+                            TimeWaitEnd::Expired => self.time_wait_expired += 1,
+                            TimeWaitEnd::Reused => self.time_wait_reused += 1,
+                            _ => self.time_wait_reset += 1,
                         }
                     }
-                    _ => tw_cut += 1,
+                    _ => self.time_wait_cut_short += 1,
                 }
             }
         }
     }
-    Summary {
-        connections: conns.len() as u64,
-        partial,
-        handshakes: h,
-        closes: k,
-        handshake_time: Distribution::of(hs),
-        syn_to_synack: Distribution::of(syn_synack),
-        synack_to_ack: Distribution::of(synack_ack),
-        half_close_duration: Distribution::of(half),
-        half_close_open_at_end: half_open,
-        time_wait_duration: Distribution::of(tw),
-        time_wait_cut_short: tw_cut,
-        time_wait_expired: tw_expired,
-        time_wait_reused: tw_reused,
-        time_wait_reset: tw_reset,
+
+    pub fn finish(self) -> Summary {
+        Summary {
+            connections: self.connections,
+            partial: self.partial,
+            handshakes: self.handshakes,
+            closes: self.closes,
+            handshake_time: Distribution::of(self.handshake_time),
+            syn_to_synack: Distribution::of(self.syn_to_synack),
+            synack_to_ack: Distribution::of(self.synack_to_ack),
+            half_close_duration: Distribution::of(self.half_close),
+            half_close_open_at_end: self.half_close_open_at_end,
+            time_wait_duration: Distribution::of(self.time_wait),
+            time_wait_cut_short: self.time_wait_cut_short,
+            time_wait_expired: self.time_wait_expired,
+            time_wait_reused: self.time_wait_reused,
+            time_wait_reset: self.time_wait_reset,
+        }
     }
 }
