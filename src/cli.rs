@@ -1550,11 +1550,29 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 ..Keep::default()
             };
             let (outcome, source_end) = run_engine(&args.input, keep, &mut AtTheEnd)?;
-            let rows = events::event_rows(&outcome.transitions, &outcome.connections);
+            // Rows are made as they are written, never all at once.
+            let rows = || events::event_rows_iter(&outcome.transitions, &outcome.connections);
             write_out(|out| match args.format {
-                Format::Text => events::write_text(out, &rows, outcome.first_ts),
-                Format::Json => report::write_json_lines(out, &rows),
-                Format::Csv => report::write_csv(out, &rows),
+                Format::Text => events::write_text_rows(out, rows, outcome.first_ts),
+                Format::Json => {
+                    rows().try_for_each(|r| report::write_json_lines(out, std::slice::from_ref(&r)))
+                }
+                Format::Csv => {
+                    let mut header = true;
+                    let mut batch = Vec::with_capacity(4096);
+                    for r in rows() {
+                        batch.push(r);
+                        if batch.len() == batch.capacity() {
+                            report::write_csv_rows(out, &batch, header)?;
+                            header = false;
+                            batch.clear();
+                        }
+                    }
+                    if !batch.is_empty() {
+                        report::write_csv_rows(out, &batch, header)?;
+                    }
+                    Ok(())
+                }
             })?;
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::flow::Connection;
 use crate::flow::conn::Transition;
 use crate::report::packet::{Relative, flag_letters};
-use crate::report::{Table, secs};
+use crate::report::{secs, write_table_line};
 use crate::time::Ts;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -36,14 +36,19 @@ pub struct EventRow {
 }
 
 pub fn event_rows(transitions: &[Transition], conns: &[Connection]) -> Vec<EventRow> {
-    transitions
-        .iter()
-        .filter_map(|t| {
-            // Connections are in id order.
-            let idx = conns.binary_search_by_key(&t.conn_id, |c| c.id).ok()?;
-            Some(event_row(t, &conns[idx]))
-        })
-        .collect()
+    event_rows_iter(transitions, conns).collect()
+}
+
+/// The rows of `event_rows`, made one at a time (a long capture has millions).
+pub fn event_rows_iter<'a>(
+    transitions: &'a [Transition],
+    conns: &'a [Connection],
+) -> impl Iterator<Item = EventRow> + 'a {
+    transitions.iter().filter_map(|t| {
+        // Connections are in id order.
+        let idx = conns.binary_search_by_key(&t.conn_id, |c| c.id).ok()?;
+        Some(event_row(t, &conns[idx]))
+    })
 }
 
 /// The row of one transition of `conn`.
@@ -116,12 +121,30 @@ fn cells(r: &EventRow, t0: f64) -> Vec<String> {
 
 /// A table with times relative to `start` (the first packet), like tcpdump's `-ttttt`.
 pub fn write_text(out: &mut dyn Write, rows: &[EventRow], start: Option<Ts>) -> io::Result<()> {
+    write_text_rows(out, || rows.iter().cloned(), start)
+}
+
+/// `write_text` over rows that `rows` makes afresh each time it is called: once to size the
+/// columns, once to write. No row is kept, where a table of every cell would hold
+/// gigabytes for a long capture.
+pub fn write_text_rows<I: Iterator<Item = EventRow>>(
+    out: &mut dyn Write,
+    rows: impl Fn() -> I,
+    start: Option<Ts>,
+) -> io::Result<()> {
     let t0 = start.map_or(0.0, secs);
-    let mut table = Table::new(&HEADER);
-    for r in rows {
-        table.row(cells(r, t0));
+    let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows() {
+        for (w, cell) in widths.iter_mut().zip(cells(&r, t0)) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
-    table.write(out)
+    write_table_line(out, &header, &widths)?;
+    for r in rows() {
+        write_table_line(out, &cells(&r, t0), &widths)?;
+    }
+    Ok(())
 }
 
 /// As `write_text`, for rows written as they come: fixed column widths (wide enough for
