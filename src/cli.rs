@@ -555,6 +555,33 @@ trait Watcher {
 struct AtTheEnd;
 impl Watcher for AtTheEnd {}
 
+/// `explain`: keeps the records of the watched connections only, as they end.
+struct KeepWatched {
+    watch: Watch,
+    ended: Vec<Connection>,
+}
+
+impl Watcher for KeepWatched {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if engine.has_ended() {
+            let watch = self.watch;
+            let ended = engine.take_ended();
+            self.ended
+                .extend(ended.into_iter().filter(|c| watch.selects_record(c)));
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        let _ = self.after_packet(engine);
+    }
+    fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
+        self.watch.selects_record(&conn).then_some(conn)
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
+    }
+}
+
 /// `summary`: every record is added to the summary as it ends, and none is kept.
 #[derive(Default)]
 struct SummaryStream {
@@ -1444,7 +1471,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 watch: Some(watch),
                 ..Keep::default()
             };
-            let (outcome, source_end) = run_engine(&args.input, keep, &mut AtTheEnd)?;
+            let mut keeping = KeepWatched {
+                watch,
+                ended: Vec::new(),
+            };
+            let (mut outcome, source_end) = run_engine(&args.input, keep, &mut keeping)?;
+            outcome.connections.append(&mut keeping.ended);
             let end = outcome.end_ts.unwrap_or_default();
             let mut ids: Vec<u64> = outcome.watched.iter().map(|p| p.conn_id).collect();
             ids.dedup();

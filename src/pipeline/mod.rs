@@ -7,6 +7,7 @@ use crate::capture::RawPacket;
 use crate::capture::filter::PacketFilter;
 use crate::decode::SockAddr;
 use crate::decode::{self, DecodeError, Decoded, LengthDoubt, LinkType, Segment};
+use crate::flow::conn::Side;
 use crate::flow::conn::Transition;
 use crate::flow::{
     Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowKey, FlowTable, TransitionSink,
@@ -69,6 +70,22 @@ pub enum Watch {
     Id(u64),
     /// Every connection on this 4-tuple.
     Tuple(FlowKey),
+}
+
+impl Watch {
+    /// Whether the connection `conn_id` on `key` is one of those watched.
+    pub fn selects(self, conn_id: u64, key: FlowKey) -> bool {
+        match self {
+            Watch::Id(id) => id == conn_id,
+            Watch::Tuple(tuple) => tuple == key,
+        }
+    }
+
+    /// Whether `conn` is one of the connections watched.
+    pub fn selects_record(self, conn: &Connection) -> bool {
+        let key = FlowKey::new(conn.end(Side::Client).addr, conn.end(Side::Server).addr);
+        self.selects(conn.id, key)
+    }
 }
 
 /// One packet of a watched connection.
@@ -315,12 +332,15 @@ impl Engine {
                     t.cause = Some(seg);
                 }
             }
+            // Watching some connections, keep only their transitions: the others would be
+            // held to the end for nothing.
+            if let Some(watch) = self.watch {
+                retain_from(list, recorded, |t| watch.selects(t.conn_id, t.key));
+            }
         }
-        let watched = match self.watch {
-            None => false,
-            Some(Watch::Id(id)) => id == conn_id,
-            Some(Watch::Tuple(key)) => key == FlowKey::new(seg.src, seg.dst),
-        };
+        let watched = self
+            .watch
+            .is_some_and(|w| w.selects(conn_id, FlowKey::new(seg.src, seg.dst)));
         if watched {
             self.watched.push(SeenPacket {
                 packet,
@@ -384,6 +404,7 @@ impl Engine {
         ) -> Vec<Connection>,
     ) -> Outcome {
         let end = self.end_time();
+        let watch = self.watch;
         let mut transitions = self.transitions;
         let mut sink = transitions.as_mut();
         let flows = self.table.counters;
@@ -395,6 +416,9 @@ impl Engine {
             None => Vec::new(),
         };
         let mut transitions = transitions.unwrap_or_default();
+        if let Some(watch) = watch {
+            transitions.retain(|t| watch.selects(t.conn_id, t.key));
+        }
         transitions.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
         Outcome {
             connections,
@@ -406,6 +430,34 @@ impl Engine {
             watched: self.watched,
             evicted_attempts,
             anomalies,
+        }
+    }
+}
+
+/// Keeps the items of `list[from..]` that `keep` accepts, in their order (`Vec::retain` over
+/// a tail).
+fn retain_from<T>(list: &mut Vec<T>, from: usize, mut keep: impl FnMut(&T) -> bool) {
+    let mut kept = from;
+    for i in from..list.len() {
+        if keep(&list[i]) {
+            list.swap(kept, i);
+            kept += 1;
+        }
+    }
+    list.truncate(kept);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retain_from;
+
+    #[test]
+    fn retain_from_keeps_the_head_and_the_order_of_the_tail() {
+        for from in 0..=6 {
+            let mut list: Vec<u32> = (0..6).collect();
+            retain_from(&mut list, from, |n| n % 2 == 0);
+            let want: Vec<u32> = (0..6).filter(|&n| n < from as u32 || n % 2 == 0).collect();
+            assert_eq!(list, want, "from {from}");
         }
     }
 }
