@@ -159,6 +159,29 @@ pub struct Transition {
     pub key: crate::flow::FlowKey,
 }
 
+/// The times of a connection's FINs, earliest first (without a `Vec`: it is asked for once
+/// a row).
+#[derive(Clone, Copy, Debug)]
+pub struct FinTimes {
+    times: [Ts; 2],
+    len: usize,
+}
+
+impl FinTimes {
+    pub fn as_slice(&self) -> &[Ts] {
+        &self.times[..self.len]
+    }
+    pub fn first(&self) -> Option<&Ts> {
+        self.as_slice().first()
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// What is known of one endpoint.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -669,10 +692,17 @@ impl Connection {
     }
 
     /// The times of the FINs seen (none, one or both), earliest first.
-    pub fn fin_times(&self) -> Vec<Ts> {
-        let mut v: Vec<Ts> = self.ends.iter().filter_map(|e| e.fin_time.get()).collect();
-        v.sort();
-        v
+    pub fn fin_times(&self) -> FinTimes {
+        let mut fins = FinTimes {
+            times: [Ts::default(); 2],
+            len: 0,
+        };
+        for t in self.ends.iter().filter_map(|e| e.fin_time.get()) {
+            fins.times[fins.len] = t;
+            fins.len += 1;
+        }
+        fins.times[..fins.len].sort();
+        fins
     }
 
     /// When tracking of this connection ends if no packet comes before: 2MSL after its last

@@ -16,37 +16,39 @@ fn opt_secs(v: Option<f64>) -> String {
 
 /// How the connection ended, in a few words: "client FIN", "server RST in ESTABLISHED".
 fn close_words(r: &ConnSummary) -> String {
-    let mut line = Vec::new();
+    let mut text = Vec::new();
+    let mut line = SpacedLine::new(&mut text, 0);
     push_close_words(&mut line, r);
-    String::from_utf8(line).unwrap_or_default()
+    line.finish();
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// `close_words` written into `line`.
-fn push_close_words(line: &mut Vec<u8>, r: &ConnSummary) {
-    let start = line.len();
+fn push_close_words(line: &mut SpacedLine<'_>, r: &ConnSummary) {
+    let start = line.at;
     if let Some(who) = r.first_closer {
         match who {
-            "simultaneous" => line.extend_from_slice(b"both FIN (crossed)"),
+            "simultaneous" => line.put(b"both FIN (crossed)"),
             w => {
-                line.extend_from_slice(w.as_bytes());
-                line.extend_from_slice(b" FIN first");
+                line.put(w.as_bytes());
+                line.put(b" FIN first");
             }
         }
     }
     if let (Some(by), Some(st)) = (r.reset_by, r.reset_sender_state) {
-        if line.len() > start {
-            line.extend_from_slice(b", ");
+        if line.at > start {
+            line.put(b", ");
         }
-        line.extend_from_slice(by.as_bytes());
+        line.put(by.as_bytes());
         if r.handshake == "refused" {
-            line.extend_from_slice(b" RST (refused)");
+            line.put(b" RST (refused)");
         } else {
-            line.extend_from_slice(b" RST in ");
-            line.extend_from_slice(st.as_bytes());
+            line.put(b" RST in ");
+            line.put(st.as_bytes());
         }
     }
-    if line.len() == start {
-        line.push(b'-');
+    if line.at == start {
+        line.byte(b'-');
     }
 }
 
@@ -262,11 +264,91 @@ impl Default for TableStream {
     }
 }
 
+/// A line written in place over a run of spaces: a cell is padded to its column by moving
+/// past the spaces already there, and numbers are written digit by digit where they go (the
+/// `memset`s of padding and the copies out of `itoa`'s buffer cost more than the digits).
+struct SpacedLine<'a> {
+    buf: &'a mut Vec<u8>,
+    at: usize,
+}
+
+impl<'a> SpacedLine<'a> {
+    /// Writing starts at the end of `buf`, with room for about `room` bytes made up front.
+    fn new(buf: &'a mut Vec<u8>, room: usize) -> SpacedLine<'a> {
+        let at = buf.len();
+        buf.resize(at + room, b' ');
+        SpacedLine { buf, at }
+    }
+
+    /// The next `n` bytes, to overwrite.
+    fn take(&mut self, n: usize) -> &mut [u8] {
+        let end = self.at + n;
+        if end > self.buf.len() {
+            self.buf.resize(end + 64, b' ');
+        }
+        let cells = &mut self.buf[self.at..end];
+        self.at = end;
+        cells
+    }
+
+    fn put(&mut self, text: &[u8]) {
+        self.take(text.len()).copy_from_slice(text);
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.take(1)[0] = b;
+    }
+
+    /// Moves to `at` over spaces, if not past it already.
+    fn pad_to(&mut self, at: usize) {
+        if at > self.at {
+            self.take(at - self.at);
+        }
+    }
+
+    fn uint(&mut self, v: u64) {
+        let len = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+        write_digits(self.take(len), v);
+    }
+
+    /// Ends the line: what follows the last byte written is dropped.
+    fn finish(self) {
+        self.buf.truncate(self.at);
+    }
+}
+
+/// The last `digits.len()` decimal digits of `v` into `digits`, zeros in front; two at a
+/// time.
+fn write_digits(digits: &mut [u8], mut v: u64) {
+    let mut end = digits.len();
+    while end >= 2 {
+        let pair = (v % 100) as usize * 2;
+        digits[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        v /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        digits[0] = b'0' + (v % 10) as u8;
+    }
+}
+
+/// "00" to "99".
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        pairs[2 * n] = b'0' + (n / 10) as u8;
+        pairs[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    pairs
+};
+
 /// Writes `v` with `places` decimals exactly as `format!("{v:.places$}")` does (the exact
 /// binary value rounded half to even), by integer arithmetic for the values a table holds
 /// (finite, not negative, below 2^53); others go through `format!`. The float formatting of
 /// std cost more than the rest of a streamed row.
-fn push_fixed(line: &mut Vec<u8>, v: f64, places: u32) {
+fn push_fixed(line: &mut SpacedLine<'_>, v: f64, places: u32) {
     let bits = v.to_bits();
     let (exp_bits, frac) = (((bits >> 52) & 0x7ff) as i32, bits & ((1 << 52) - 1));
     // v = mant * 2^exp exactly, mant < 2^53.
@@ -278,7 +360,7 @@ fn push_fixed(line: &mut Vec<u8>, v: f64, places: u32) {
     // With at most 3 places, mant * 10^places < 2^63: all in u64 (u128 division cost more
     // than the rest of the number).
     if places > 3 || v.is_sign_negative() || !v.is_finite() || v >= 9_007_199_254_740_992.0 {
-        let _ = write!(line, "{v:.p$}", p = places as usize);
+        line.put(format!("{v:.p$}", p = places as usize).as_bytes());
         return;
     }
     let scale = 10u64.pow(places);
@@ -301,26 +383,27 @@ fn push_fixed(line: &mut Vec<u8>, v: f64, places: u32) {
             q
         }
     };
-    let (whole, part) = (units / scale, units % scale);
-    let mut int = itoa::Buffer::new();
-    line.extend_from_slice(int.format(whole).as_bytes());
+    line.uint(units / scale);
     if places > 0 {
-        line.push(b'.');
-        let digits = int.format(part).as_bytes();
-        line.extend(std::iter::repeat_n(b'0', places as usize - digits.len()));
-        line.extend_from_slice(digits);
+        line.byte(b'.');
+        write_digits(line.take(places as usize), units % scale);
     }
 }
 
 /// An address as `SockAddr`'s Display writes it, IPv4 without going through `fmt`.
-fn push_addr(line: &mut Vec<u8>, a: SockAddr) {
+fn push_addr(line: &mut SpacedLine<'_>, a: SockAddr) {
     match a.ip {
-        std::net::IpAddr::V4(ip) => super::push_ipv4_sock(line, ip, a.port),
-        _ => {
-            let _ = write!(line, "{a}");
+        std::net::IpAddr::V4(ip) => {
+            let (text, len) = super::ipv4_sock_text(ip, a.port);
+            line.put(&text[..len]);
         }
+        _ => line.put(a.to_string().as_bytes()),
     }
 }
+
+/// Bytes made ready for a streamed line besides its columns' widths: more than any row's
+/// cells usually overflow their columns by.
+const LINE_SLACK: usize = 160;
 
 /// One streamed table line into `line`: the text `write_table_line(cells(r, base), widths)`
 /// makes, with `r`'s addresses given apart (`summarize_without_addrs` leaves them empty).
@@ -332,65 +415,65 @@ fn push_line(
     base: f64,
     widths: &[usize],
 ) {
-    let mut int = itoa::Buffer::new();
+    let room = widths.iter().sum::<usize>() + 2 * widths.len() + LINE_SLACK;
+    let mut line = SpacedLine::new(line, room);
     let mut column = 0;
-    let mut cell_start = line.len();
+    let mut cell_start = line.at;
     // Pads the cell just written to its column's width plus the two-space gap.
-    let mut next = |line: &mut Vec<u8>, cell_start: &mut usize| {
+    let mut next = |line: &mut SpacedLine<'_>, cell_start: &mut usize| {
         let w = widths.get(column).copied().unwrap_or(0);
-        let len = line.len() - *cell_start;
-        line.extend(std::iter::repeat_n(b' ', w.saturating_sub(len) + 2));
+        *cell_start = line.at.max(*cell_start + w) + 2;
+        line.pad_to(*cell_start);
         column += 1;
-        *cell_start = line.len();
     };
-    line.extend_from_slice(int.format(r.id).as_bytes());
+    line.uint(r.id);
     if r.partial {
-        line.push(b'~');
+        line.byte(b'~');
     }
     if r.direction_guessed {
-        line.push(b'?');
+        line.byte(b'?');
     }
-    next(line, &mut cell_start);
-    push_addr(line, client);
-    next(line, &mut cell_start);
-    push_addr(line, server);
-    next(line, &mut cell_start);
-    line.push(b'+');
-    push_fixed(line, (r.start - base).max(0.0), 3);
-    next(line, &mut cell_start);
-    push_fixed(line, r.duration, 3);
-    next(line, &mut cell_start);
+    next(&mut line, &mut cell_start);
+    push_addr(&mut line, client);
+    next(&mut line, &mut cell_start);
+    push_addr(&mut line, server);
+    next(&mut line, &mut cell_start);
+    line.byte(b'+');
+    push_fixed(&mut line, (r.start - base).max(0.0), 3);
+    next(&mut line, &mut cell_start);
+    push_fixed(&mut line, r.duration, 3);
+    next(&mut line, &mut cell_start);
     for (state, inferred) in [
         (r.client_state, r.client_state_inferred),
         (r.server_state, r.server_state_inferred),
     ] {
-        line.extend_from_slice(state.as_bytes());
+        line.put(state.as_bytes());
         if inferred {
-            line.push(b'*');
+            line.byte(b'*');
         }
-        next(line, &mut cell_start);
+        next(&mut line, &mut cell_start);
     }
-    line.extend_from_slice(r.handshake.as_bytes());
+    line.put(r.handshake.as_bytes());
     if r.syn_retransmits > 0 {
-        line.extend_from_slice(b" (");
-        line.extend_from_slice(int.format(r.syn_retransmits).as_bytes());
-        line.extend_from_slice(b" SYN rtx)");
+        line.put(b" (");
+        line.uint(u64::from(r.syn_retransmits));
+        line.put(b" SYN rtx)");
     }
-    next(line, &mut cell_start);
+    next(&mut line, &mut cell_start);
     match r.handshake_time {
         Some(s) if s < 1.0 => {
-            push_fixed(line, s * 1000.0, 3);
-            line.extend_from_slice(b"ms");
+            push_fixed(&mut line, s * 1000.0, 3);
+            line.put(b"ms");
         }
         Some(s) => {
-            push_fixed(line, s, 3);
-            line.push(b's');
+            push_fixed(&mut line, s, 3);
+            line.byte(b's');
         }
-        None => line.push(b'-'),
+        None => line.byte(b'-'),
     }
-    next(line, &mut cell_start);
-    push_close_words(line, r);
-    next(line, &mut cell_start);
+    next(&mut line, &mut cell_start);
+    push_close_words(&mut line, r);
+    next(&mut line, &mut cell_start);
     let mut any_time_wait = false;
     for (side, d, why) in [
         (
@@ -406,30 +489,31 @@ fn push_line(
     ] {
         let Some(d) = d else { continue };
         if any_time_wait {
-            line.push(b' ');
+            line.byte(b' ');
         }
         any_time_wait = true;
-        line.extend_from_slice(side.as_bytes());
-        line.push(b' ');
-        push_fixed(line, d, 1);
-        line.push(b's');
+        line.put(side.as_bytes());
+        line.byte(b' ');
+        push_fixed(&mut line, d, 1);
+        line.byte(b's');
         if why == Some("capture_ended") {
-            line.push(b'+');
+            line.byte(b'+');
         }
     }
     if !any_time_wait {
-        line.push(b'-');
+        line.byte(b'-');
     }
-    next(line, &mut cell_start);
-    line.extend_from_slice(int.format(r.client_packets).as_bytes());
-    line.push(b'/');
-    line.extend_from_slice(int.format(r.server_packets).as_bytes());
-    next(line, &mut cell_start);
+    next(&mut line, &mut cell_start);
+    line.uint(r.client_packets);
+    line.byte(b'/');
+    line.uint(r.server_packets);
+    next(&mut line, &mut cell_start);
     // The last column is not padded.
-    line.extend_from_slice(int.format(r.client_bytes).as_bytes());
-    line.push(b'/');
-    line.extend_from_slice(int.format(r.server_bytes).as_bytes());
-    line.push(b'\n');
+    line.uint(r.client_bytes);
+    line.byte(b'/');
+    line.uint(r.server_bytes);
+    line.byte(b'\n');
+    line.finish();
 }
 
 #[cfg(test)]
@@ -525,10 +609,12 @@ mod tests {
     fn fixed_decimals_match_std() {
         use proptest::prelude::*;
         let check = |v: f64, places: u32| {
-            let mut line = Vec::new();
+            let mut text = Vec::new();
+            let mut line = SpacedLine::new(&mut text, 0);
             push_fixed(&mut line, v, places);
+            line.finish();
             let want = format!("{v:.p$}", p = places as usize);
-            assert_eq!(String::from_utf8(line).unwrap(), want, "{v:e} {places}");
+            assert_eq!(String::from_utf8(text).unwrap(), want, "{v:e} {places}");
         };
         for v in [
             0.0,
@@ -596,6 +682,17 @@ mod tests {
                 r.server_time_wait_end = Some("expired");
                 r.first_closer = Some("client");
                 r.client_bytes = 1 << 40;
+            }
+            if i % 7 == 3 {
+                // Longer than the room a line is given: it grows as it is written.
+                r.client = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535".into();
+                r.server = "[2001:db8:1234:5678:9abc:def0:1234:5679]:65535".into();
+                r.reset_by = Some("server");
+                r.reset_sender_state = Some("ESTABLISHED");
+                r.first_closer = Some("simultaneous");
+                r.syn_retransmits = u32::MAX;
+                (r.client_packets, r.server_packets) = (u64::MAX, u64::MAX);
+                (r.client_bytes, r.server_bytes) = (u64::MAX, 0);
             }
             r.duration = i as f64 * 1.0005;
         }

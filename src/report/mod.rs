@@ -247,6 +247,12 @@ impl Table {
 /// added in one copy: an address is written twice a row, and a push or a division per digit
 /// cost more than the rest of the row's numbers.
 pub fn push_ipv4_sock(out: &mut Vec<u8>, ip: std::net::Ipv4Addr, port: u16) {
+    let (text, len) = ipv4_sock_text(ip, port);
+    out.extend_from_slice(&text[..len]);
+}
+
+/// The text of `push_ipv4_sock` in a stack buffer: the bytes and how many of them are used.
+pub fn ipv4_sock_text(ip: std::net::Ipv4Addr, port: u16) -> ([u8; 21], usize) {
     let mut text = [0u8; 21];
     let mut at = 0;
     for (i, o) in ip.octets().into_iter().enumerate() {
@@ -264,7 +270,7 @@ pub fn push_ipv4_sock(out: &mut Vec<u8>, ip: std::net::Ipv4Addr, port: u16) {
     let mut int = itoa::Buffer::new();
     let port = int.format(port).as_bytes();
     text[at..at + port.len()].copy_from_slice(port);
-    out.extend_from_slice(&text[..at + port.len()]);
+    (text, at + port.len())
 }
 
 /// The decimal text of every byte value: its length and its digits.
