@@ -1585,10 +1585,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             // Rows are made as they are written, never all at once.
             let rows = || events::event_rows_iter(&outcome.transitions, &outcome.connections);
             write_out(|out| match args.format {
-                Format::Text => events::write_text_rows(out, rows, outcome.first_ts),
-                Format::Json => {
-                    rows().try_for_each(|r| report::write_json_lines(out, std::slice::from_ref(&r)))
-                }
+                Format::Text => events::write_text_transitions(
+                    out,
+                    &outcome.transitions,
+                    &outcome.connections,
+                    outcome.first_ts,
+                ),
+                Format::Json => report::json::write_transitions_json_lines(
+                    out,
+                    &outcome.transitions,
+                    &outcome.connections,
+                ),
                 Format::Csv => {
                     let mut header = true;
                     let mut batch = Vec::with_capacity(4096);

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::flow::Connection;
 use crate::flow::conn::Transition;
-use crate::report::packet::{Relative, flag_letters};
+use crate::report::line::{SpacedLine, push_addr, push_fixed};
+use crate::report::packet::{Relative, flag_letters, flag_letters_in};
 use crate::report::{secs, write_table_line};
 use crate::time::Ts;
 
@@ -44,11 +45,24 @@ pub fn event_rows_iter<'a>(
     transitions: &'a [Transition],
     conns: &'a [Connection],
 ) -> impl Iterator<Item = EventRow> + 'a {
-    transitions.iter().filter_map(|t| {
-        // Connections are in id order.
-        let idx = conns.binary_search_by_key(&t.conn_id, |c| c.id).ok()?;
-        Some(event_row(t, &conns[idx]))
-    })
+    transitions
+        .iter()
+        .filter_map(|t| Some(event_row(t, record_of(conns, t.conn_id)?)))
+}
+
+/// The record numbered `id` in `conns` (in id order). Ids are mostly consecutive, so its
+/// place is tried first: a binary search over records this large misses the cache at
+/// nearly every step, and there is one per transition.
+pub fn record_of(conns: &[Connection], id: u64) -> Option<&Connection> {
+    let first = conns.first()?.id;
+    let guess = usize::try_from(id.wrapping_sub(first)).unwrap_or(usize::MAX);
+    match conns.get(guess) {
+        Some(c) if c.id == id => Some(c),
+        _ => {
+            let idx = conns.binary_search_by_key(&id, |c| c.id).ok()?;
+            Some(&conns[idx])
+        }
+    }
 }
 
 /// The row of one transition of `conn`.
@@ -145,6 +159,108 @@ pub fn write_text_rows<I: Iterator<Item = EventRow>>(
         write_table_line(out, &cells(&r, t0), &widths)?;
     }
     Ok(())
+}
+
+/// `write_text` of the rows of `transitions` (those whose record is in `conns`, which is
+/// in id order), each line written straight from the transition and its record: the same
+/// text without an `EventRow`'s strings or a `format!` per cell. Two passes over the
+/// transitions: the first sizes the columns.
+pub fn write_text_transitions(
+    out: &mut dyn Write,
+    transitions: &[Transition],
+    conns: &[Connection],
+    start: Option<Ts>,
+) -> io::Result<()> {
+    let t0 = start.map_or(0.0, secs);
+    let rows = || {
+        transitions
+            .iter()
+            .filter_map(|t| Some((t, record_of(conns, t.conn_id)?)))
+    };
+    let mut widths = HEADER.map(str::len);
+    let mut line = Vec::with_capacity(256);
+    for (t, conn) in rows() {
+        line.clear();
+        let lens = push_event_line(&mut line, t, conn, t0, &[0; 7]);
+        for (w, len) in widths.iter_mut().zip(lens) {
+            *w = (*w).max(len);
+        }
+    }
+    let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+    write_table_line(out, &header, &widths)?;
+    for (t, conn) in rows() {
+        line.clear();
+        push_event_line(&mut line, t, conn, t0, &widths[..7]);
+        out.write_all(&line)?;
+    }
+    Ok(())
+}
+
+/// One line of `write_text` into `line`, its first seven columns `widths` wide; returns the
+/// length of each cell. The line `write_table_line(cells(event_row(t, conn), t0))` makes.
+fn push_event_line(
+    line: &mut Vec<u8>,
+    t: &Transition,
+    conn: &Connection,
+    t0: f64,
+    widths: &[usize],
+) -> [usize; 8] {
+    let room = widths.iter().sum::<usize>() + 2 * widths.len() + 128;
+    let mut line = SpacedLine::new(line, room);
+    let mut lens = [0; 8];
+    let mut column = 0;
+    let mut cell_start = line.at;
+    let mut next = |line: &mut SpacedLine<'_>, cell_start: &mut usize| {
+        lens[column] = line.at - *cell_start;
+        let w = widths.get(column).copied().unwrap_or(0);
+        *cell_start = line.at.max(*cell_start + w) + 2;
+        line.pad_to(*cell_start);
+        column += 1;
+    };
+    line.byte(b'+');
+    push_fixed(&mut line, secs(t.ts) - t0, 6);
+    next(&mut line, &mut cell_start);
+    line.uint(t.conn_id);
+    next(&mut line, &mut cell_start);
+    push_addr(&mut line, conn.end(t.side).addr);
+    next(&mut line, &mut cell_start);
+    for name in [t.side.name(), t.from.name(), t.to.name(), t.event.name()] {
+        line.put(name.as_bytes());
+        next(&mut line, &mut cell_start);
+    }
+    match (t.packet, t.cause) {
+        (0, _) => line.put(b"(timer)"),
+        (n, None) => {
+            line.byte(b'#');
+            line.uint(n);
+        }
+        (n, Some(seg)) => {
+            let from = conn.side_of(seg.src);
+            let (seq, ack) = Relative::of(conn).numbers(&seg, from);
+            line.byte(b'#');
+            line.uint(n);
+            line.byte(b' ');
+            line.put(from.name().as_bytes());
+            line.byte(b'>');
+            line.put(from.other().name().as_bytes());
+            line.put(b" [");
+            let (letters, len) = flag_letters_in(seg.flags);
+            line.put(&letters[..len]);
+            line.put(b"] seq ");
+            line.uint(u64::from(seq));
+            if let Some(a) = ack {
+                line.put(b" ack ");
+                line.uint(u64::from(a));
+            }
+            line.put(b" len ");
+            line.uint(u64::from(seg.payload_len));
+        }
+    }
+    let last = line.at - cell_start;
+    line.byte(b'\n');
+    line.finish();
+    lens[7] = last;
+    lens
 }
 
 /// As `write_text`, for rows written as they come: fixed column widths (wide enough for

@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use crate::analysis::{ConnSummary, summarize_without_addrs};
 use crate::decode::SockAddr;
 use crate::flow::Connection;
-use crate::flow::conn::Side;
+use crate::flow::conn::{Side, Transition};
+use crate::report::packet::{Relative, flag_letters_in};
 use crate::time::Ts;
 
 /// Chunk size handed to the writer: at least the 64 KB of the output's `BufWriter`, so a
@@ -42,6 +43,23 @@ pub fn write_records_json_lines(
         let (client, server) = (c.end(Side::Client).addr, c.end(Side::Server).addr);
         w.conn_row(&r, Addr::Sock(client), Addr::Sock(server));
         w.flush_if_full(out)?;
+    }
+    w.flush(out)
+}
+
+/// One JSON line per transition of `transitions` whose record is in `conns` (in id order):
+/// the lines of `write_json_lines` over `event_rows`, without making the rows.
+pub fn write_transitions_json_lines(
+    out: &mut dyn Write,
+    transitions: &[Transition],
+    conns: &[Connection],
+) -> io::Result<()> {
+    let mut w = RowWriter::with_capacity(CHUNK + 4096);
+    for t in transitions {
+        if let Some(conn) = super::events::record_of(conns, t.conn_id) {
+            w.event_row(t, conn);
+            w.flush_if_full(out)?;
+        }
     }
     w.flush(out)
 }
@@ -187,6 +205,63 @@ impl RowWriter {
         self.raw(b",\"packets_after_close\":");
         self.uint(r.packets_after_close);
         self.raw(b"}\n");
+    }
+
+    /// Appends the `EventRow` of transition `t` of `conn` as one line, as serde_json writes
+    /// that struct, without making the row (its three `String`s).
+    pub fn event_row(&mut self, t: &Transition, conn: &Connection) {
+        let cause = t.cause.map(|seg| {
+            let from = conn.side_of(seg.src);
+            let (seq, ack) = Relative::of(conn).numbers(&seg, from);
+            (from, seg, seq, ack)
+        });
+        self.raw(b"{\"time\":");
+        self.f64(super::secs(t.ts));
+        self.raw(b",\"conn\":");
+        self.uint(t.conn_id);
+        self.raw(b",\"endpoint\":");
+        self.addr(Addr::Sock(conn.end(t.side).addr));
+        self.raw(b",\"peer\":");
+        self.addr(Addr::Sock(conn.end(t.side.other()).addr));
+        self.raw(b",\"role\":");
+        self.str(t.side.name());
+        self.raw(b",\"from\":");
+        self.str(t.from.name());
+        self.raw(b",\"to\":");
+        self.str(t.to.name());
+        self.raw(b",\"event\":");
+        self.str(t.event.name());
+        self.raw(b",\"timer\":");
+        self.bool(t.packet == 0);
+        self.raw(b",\"packet\":");
+        self.opt_uint((t.packet != 0).then_some(t.packet));
+        self.raw(b",\"packet_from\":");
+        self.opt_str(cause.map(|c| c.0.name()));
+        self.raw(b",\"flags\":");
+        match cause {
+            Some((_, seg, _, _)) => {
+                let (letters, len) = flag_letters_in(seg.flags);
+                self.buf.push(b'"');
+                self.buf.extend_from_slice(&letters[..len]);
+                self.buf.push(b'"');
+            }
+            None => self.raw(b"null"),
+        }
+        self.raw(b",\"seq\":");
+        self.opt_uint(cause.map(|c| c.2));
+        self.raw(b",\"ack\":");
+        self.opt_uint(cause.and_then(|c| c.3));
+        self.raw(b",\"len\":");
+        self.opt_uint(cause.map(|c| c.1.payload_len));
+        self.raw(b"}\n");
+    }
+
+    #[inline]
+    fn opt_uint<I: itoa::Integer>(&mut self, n: Option<I>) {
+        match n {
+            Some(n) => self.uint(n),
+            None => self.raw(b"null"),
+        }
     }
 
     #[inline]

@@ -5,6 +5,7 @@ pub mod diagnose;
 pub mod events;
 pub mod explain;
 pub mod json;
+pub mod line;
 pub mod packet;
 pub mod states;
 pub mod top;

@@ -7,25 +7,34 @@ use crate::flow::{Connection, Side};
 /// tcpdump's flag letters: `S` SYN, `F` FIN, `R` RST, `P` PSH, `U` URG, `E` ECE, `W` CWR,
 /// `.` ACK. A SYN-ACK is `S.`.
 pub fn flag_letters(f: u8) -> String {
-    let mut s = String::with_capacity(6);
+    let (letters, len) = flag_letters_in(f);
+    String::from_utf8_lossy(&letters[..len]).into_owned()
+}
+
+/// The text of `flag_letters` in a stack buffer: the bytes and how many are used.
+pub fn flag_letters_in(f: u8) -> ([u8; 8], usize) {
+    let mut letters = [0u8; 8];
+    let mut len = 0;
     for (bit, letter) in [
-        (flags::SYN, 'S'),
-        (flags::FIN, 'F'),
-        (flags::RST, 'R'),
-        (flags::PSH, 'P'),
-        (flags::URG, 'U'),
-        (flags::ECE, 'E'),
-        (flags::CWR, 'W'),
-        (flags::ACK, '.'),
+        (flags::SYN, b'S'),
+        (flags::FIN, b'F'),
+        (flags::RST, b'R'),
+        (flags::PSH, b'P'),
+        (flags::URG, b'U'),
+        (flags::ECE, b'E'),
+        (flags::CWR, b'W'),
+        (flags::ACK, b'.'),
     ] {
         if f & bit != 0 {
-            s.push(letter);
+            letters[len] = letter;
+            len += 1;
         }
     }
-    if s.is_empty() {
-        s.push_str("none");
+    if len == 0 {
+        letters[..4].copy_from_slice(b"none");
+        len = 4;
     }
-    s
+    (letters, len)
 }
 
 /// Sequence and acknowledgment numbers made relative, as tcpdump and Wireshark show them:
