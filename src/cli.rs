@@ -734,6 +734,59 @@ fn run_records(input: &InputArgs, stop_at: Option<&str>) -> Result<(Outcome, Sou
     Ok((outcome, end))
 }
 
+/// `states` without `--all`: every record's listener is noted as it ends, and only the
+/// records that still have a socket are kept (memory follows the sockets reported, not the
+/// connections seen).
+struct StatesKeep {
+    sel: states::Selection,
+    listeners: states::Listeners,
+    kept: Vec<Connection>,
+}
+
+impl StatesKeep {
+    fn take(&mut self, conn: Connection) -> Option<Connection> {
+        self.listeners.add(&conn);
+        states::has_rows(&conn, &self.sel).then_some(conn)
+    }
+}
+
+impl Watcher for StatesKeep {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if engine.has_ended() {
+            for conn in engine.take_ended() {
+                if let Some(conn) = self.take(conn) {
+                    self.kept.push(conn);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        let _ = self.after_packet(engine);
+    }
+    fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
+        self.take(conn)
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
+    }
+}
+
+impl MergedSink for StatesKeep {
+    fn ended(&mut self, conns: &mut Vec<Connection>, _: Ts, _: Option<Ts>) -> ControlFlow<()> {
+        for conn in conns.drain(..) {
+            if let Some(conn) = self.take(conn) {
+                self.kept.push(conn);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, _end: Option<Ts>, _first: Option<Ts>) {}
+    fn finished(&mut self, conn: Connection) -> Option<Connection> {
+        self.take(conn)
+    }
+}
+
 /// Keeps every merged record.
 #[derive(Default)]
 struct KeepAll {
@@ -1450,12 +1503,36 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(every) = &args.interval {
                 return run_interval(&args, every, host);
             }
-            let (outcome, source_end) = run_records(&args.input, args.at.as_deref())?;
             let sel = states::Selection {
                 all: args.all,
                 host,
             };
-            let rows = states::socket_rows(&outcome.connections, &sel);
+            let (outcome, source_end, rows) = if args.all {
+                let (outcome, source_end) = run_records(&args.input, args.at.as_deref())?;
+                let rows = states::socket_rows(&outcome.connections, &sel);
+                (outcome, source_end, rows)
+            } else {
+                // Only the records with a socket left are kept as they end.
+                let mut keeping = StatesKeep {
+                    sel,
+                    listeners: states::Listeners::default(),
+                    kept: Vec::new(),
+                };
+                let (mut outcome, source_end) = if args.input.threads > 1 {
+                    run_sharded(&args.input, args.at.as_deref(), &mut keeping)?
+                } else {
+                    let keep = Keep {
+                        stop_at: args.at.as_deref(),
+                        ..Keep::default()
+                    };
+                    run_engine(&args.input, keep, &mut keeping)?
+                };
+                let mut kept = std::mem::take(&mut keeping.kept);
+                kept.append(&mut outcome.connections);
+                crate::flow::sort_large_by_key(&mut kept, |c| c.id);
+                let rows = states::socket_rows_with(&keeping.listeners, &kept, &sel);
+                (outcome, source_end, rows)
+            };
             write_out(|out| match args.format {
                 Format::Text => states::write_text(out, &rows),
                 Format::Json => report::write_json_lines(out, &rows),

@@ -31,6 +31,7 @@ pub struct SocketRow {
 }
 
 /// Which sockets to show.
+#[derive(Clone, Copy)]
 pub struct Selection {
     pub all: bool,
     /// Keep the sockets of this host (an address, or address:port).
@@ -61,20 +62,65 @@ impl HostFilter {
 }
 
 pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
-    let mut rows = Vec::new();
-    // Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open).
-    let mut listeners: BTreeMap<SockAddr, Ts> = BTreeMap::new();
+    let mut listeners = Listeners::default();
     for c in conns {
+        listeners.add(c);
+    }
+    socket_rows_with(&listeners, conns, sel)
+}
+
+/// Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open): each
+/// server address and its first answer.
+#[derive(Default)]
+pub struct Listeners(BTreeMap<SockAddr, Ts>);
+
+impl Listeners {
+    pub fn add(&mut self, c: &Connection) {
         if let Some(first) = c.synack_first.get()
             && !c.direction_guessed
             && !c.simultaneous_open
             && !c.self_connected
         {
-            let since = listeners.entry(c.end(Side::Server).addr).or_insert(first);
+            let since = self.0.entry(c.end(Side::Server).addr).or_insert(first);
             *since = (*since).min(first);
         }
     }
-    for (l, since) in listeners {
+}
+
+/// The endpoints of `c` that are a socket of their own (a socket connected to itself is one
+/// socket: its client end).
+fn socket_sides(c: &Connection) -> &'static [Side] {
+    if c.self_connected {
+        &[Side::Client]
+    } else {
+        &[Side::Client, Side::Server]
+    }
+}
+
+/// Whether `c` gives `socket_rows` a row under `sel` (a record that does not can be dropped
+/// once its listener is noted).
+pub fn has_rows(c: &Connection, sel: &Selection) -> bool {
+    socket_sides(c).iter().any(|&side| row_of(c, side, sel))
+}
+
+/// Whether the `side` end of `c` is a row under `sel`.
+fn row_of(c: &Connection, side: Side, sel: &Selection) -> bool {
+    let me = c.end(side);
+    // A LISTEN end has no socket of its own for this 4-tuple: the listener stands for it.
+    me.state != TcpState::Listen
+        && (sel.all || me.state.has_socket())
+        && sel.host.is_none_or(|h| h.keeps(me.addr))
+}
+
+/// `socket_rows` with the listeners noted apart: `conns` (in id order) may then be only the
+/// records that have rows.
+pub fn socket_rows_with(
+    listeners: &Listeners,
+    conns: &[Connection],
+    sel: &Selection,
+) -> Vec<SocketRow> {
+    let mut rows = Vec::new();
+    for (&l, &since) in &listeners.0 {
         if sel.host.is_none_or(|h| h.keeps(l)) {
             rows.push(SocketRow {
                 local: l.to_string(),
@@ -89,24 +135,12 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
         }
     }
     for c in conns {
-        // A socket connected to itself is one socket: its client end.
-        let sides: &[Side] = if c.self_connected {
-            &[Side::Client]
-        } else {
-            &[Side::Client, Side::Server]
-        };
-        for &side in sides {
+        for &side in socket_sides(c) {
+            if !row_of(c, side, sel) {
+                continue;
+            }
             let me = c.end(side);
             let peer = c.end(side.other());
-            if me.state == TcpState::Listen {
-                continue; // no socket of its own for this 4-tuple: the listener stands for it
-            }
-            if !sel.all && !me.state.has_socket() {
-                continue;
-            }
-            if sel.host.is_some_and(|h| !h.keeps(me.addr)) {
-                continue;
-            }
             rows.push(SocketRow {
                 local: me.addr.to_string(),
                 remote: peer.addr.to_string(),
