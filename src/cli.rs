@@ -15,6 +15,7 @@ use crate::capture::filter::PacketFilter;
 use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStats};
 use crate::capture::{ContainerCounters, PacketFn, file};
 use crate::decode::SockAddr;
+use crate::flow::conn::Transition;
 use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts, Side};
 use crate::pipeline::sharded::{self, MergedSink};
 use crate::pipeline::{Engine, Front, Outcome, Watch};
@@ -218,6 +219,10 @@ pub struct EventsArgs {
     pub input: InputArgs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Files: transitions found before looking for those that can be written (tests set
+    /// it low to write after every packet).
+    #[arg(long, hide = true, value_name = "N", default_value_t = 1 << 16)]
+    pub write_every: usize,
 }
 
 #[derive(Args, Debug)]
@@ -345,6 +350,13 @@ enum Source<'a> {
 impl InputArgs {
     /// Packets arrive over time (a live capture, or a pipe on standard input): output is
     /// flushed record by record.
+    /// Whether every input is a regular file (a pipe or FIFO gives its bytes only once).
+    fn files_can_be_read_twice(&self) -> bool {
+        self.files
+            .iter()
+            .all(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()))
+    }
+
     fn streams_in(&self) -> bool {
         self.interface.is_some() || self.files.iter().any(|f| f == "-")
     }
@@ -1080,14 +1092,14 @@ impl Watcher for EventsStream {
         if transitions.is_empty() {
             return ControlFlow::Continue(());
         }
-        self.ended = engine.take_ended();
+        self.ended = ended_by_id(engine);
         let rows: Vec<_> = transitions
             .iter()
             .filter_map(|t| {
                 let conn = engine
                     .find(t.key)
                     .filter(|c| c.id == t.conn_id)
-                    .or_else(|| self.ended.iter().find(|c| c.id == t.conn_id))?;
+                    .or_else(|| find_by_id(&self.ended, t.conn_id))?;
                 Some(events::event_row(t, conn))
             })
             .collect();
@@ -1095,6 +1107,216 @@ impl Watcher for EventsStream {
     }
     fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
         self.after_packet(engine)
+    }
+}
+
+/// The records that ended since the last look, in id order: an eviction or a sweep ends
+/// thousands at once, and each of their transitions looks its record up.
+fn ended_by_id(engine: &mut Engine) -> Vec<Connection> {
+    if !engine.has_ended() {
+        return Vec::new();
+    }
+    let mut ended = engine.take_ended();
+    crate::flow::sort_large_by_key(&mut ended, |c| c.id);
+    ended
+}
+
+/// The record numbered `id` in `conns` (in id order).
+fn find_by_id(conns: &[Connection], id: u64) -> Option<&Connection> {
+    let i = conns.binary_search_by_key(&id, |c| c.id).ok()?;
+    conns.get(i)
+}
+
+/// `events` from files, first of two reads: what the streamed second read needs to write
+/// the same rows as if every transition were held to the end. Per connection (by id, from
+/// 1 as one thread numbers them), its addresses and the numbers its sequence numbers count
+/// from once it has ended (`None`: dropped without a record, so its transitions are not
+/// reported), and the widths of its rows in the text table, which count once it has ended.
+#[derive(Default)]
+struct EventsFirstRead {
+    t0: f64,
+    conns: Vec<EventsConn>,
+    widths: events::TextWidths,
+}
+
+#[derive(Clone, Copy, Default)]
+struct EventsConn {
+    facts: Option<events::ConnFacts>,
+    widths: events::TextWidths,
+}
+
+impl EventsFirstRead {
+    fn entry(&mut self, id: u64) -> Option<&mut EventsConn> {
+        let i = usize::try_from(id).ok()?.checked_sub(1)?;
+        if self.conns.len() <= i {
+            self.conns.resize(i + 1, EventsConn::default());
+        }
+        self.conns.get_mut(i)
+    }
+
+    fn ended(&mut self, conn: &Connection) {
+        let Some(entry) = self.entry(conn.id) else {
+            return;
+        };
+        entry.facts = Some(events::ConnFacts::of(conn));
+        let widths = entry.widths;
+        self.widths.merge(&widths);
+    }
+
+    fn facts(&self, id: u64) -> Option<events::ConnFacts> {
+        let i = usize::try_from(id).ok()?.checked_sub(1)?;
+        self.conns.get(i)?.facts
+    }
+}
+
+impl Watcher for EventsFirstRead {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if self.t0 == 0.0 {
+            self.t0 = engine.first_time().map_or(0.0, report::secs);
+        }
+        let transitions = engine.take_transitions();
+        let ended = ended_by_id(engine);
+        // A transition's record is live, or ended with this packet.
+        for t in &transitions {
+            let facts = engine
+                .find(t.key)
+                .filter(|c| c.id == t.conn_id)
+                .or_else(|| find_by_id(&ended, t.conn_id))
+                .map(events::ConnFacts::of);
+            let t0 = self.t0;
+            if let Some(facts) = facts
+                && let Some(entry) = self.entry(t.conn_id)
+            {
+                entry.widths.add(t, &facts, t0);
+            }
+        }
+        for c in &ended {
+            self.ended(c);
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        let _ = self.after_packet(engine);
+    }
+    fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
+        self.ended(&conn);
+        None
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
+    }
+}
+
+/// `events` from files, second read: transitions written in time order as reading goes
+/// on. Those found are held until no transition still to be found can come before them
+/// (`Engine::transition_watermark`), then sorted and written.
+struct EventsFileStream<'a> {
+    stream: Stream,
+    format: Format,
+    first: &'a EventsFirstRead,
+    held: Vec<Transition>,
+    /// Held transitions that make the next look for what can be written worth it.
+    write_at: usize,
+    write_at_least: usize,
+    csv_header_written: bool,
+    line: Vec<u8>,
+    json: report::json::RowWriter,
+}
+
+impl EventsFileStream<'_> {
+    fn new(format: Format, first: &EventsFirstRead, write_every: usize) -> EventsFileStream<'_> {
+        EventsFileStream {
+            stream: Stream::new(false),
+            format,
+            first,
+            held: Vec::new(),
+            write_at: write_every,
+            write_at_least: write_every,
+            csv_header_written: false,
+            line: Vec::with_capacity(1 << 16),
+            json: report::json::RowWriter::default(),
+        }
+    }
+
+    /// Writes the held transitions earlier than `until` (all, with `None`), in time order.
+    fn write_before(&mut self, until: Option<Ts>) -> ControlFlow<()> {
+        // Stable: transitions of one time, packet and connection stay in the order found.
+        self.held.sort_by_key(|t| (t.ts, t.packet, t.conn_id));
+        let cut = until.map_or(self.held.len(), |w| self.held.partition_point(|t| t.ts < w));
+        let mut flow = ControlFlow::Continue(());
+        let mut rows = Vec::new();
+        let mut held = std::mem::take(&mut self.held);
+        for (i, t) in held[..cut].iter().enumerate() {
+            let Some(facts) = self.first.facts(t.conn_id) else {
+                continue;
+            };
+            match self.format {
+                Format::Text => {
+                    self.first
+                        .widths
+                        .push_line(&mut self.line, t, &facts, self.first.t0)
+                }
+                Format::Json => self.json.event_row(t, &facts),
+                Format::Csv => rows.push(events::event_row_of(t, &facts)),
+            }
+            if self.line.len() + self.json.bytes().len() >= 1 << 16
+                || rows.len() >= 4096
+                || i + 1 == cut
+            {
+                flow = self.write_out(&mut rows);
+                if flow.is_break() {
+                    break;
+                }
+            }
+        }
+        held.drain(..cut);
+        self.held = held;
+        // The next look when the held ones have doubled: each costs a pass over the live
+        // records, and a stuck watermark (a timer long overdue) must not make it constant.
+        self.write_at = self.write_at_least.max(2 * self.held.len());
+        flow
+    }
+
+    fn write_out(&mut self, rows: &mut Vec<events::EventRow>) -> ControlFlow<()> {
+        let (line, json, header) = (&mut self.line, &mut self.json, !self.csv_header_written);
+        self.csv_header_written |= !rows.is_empty();
+        let flow = self.stream.write(|out| {
+            out.write_all(line)?;
+            json.flush(out)?;
+            if !rows.is_empty() {
+                report::write_csv_rows(out, rows, header)?;
+            }
+            Ok(())
+        });
+        line.clear();
+        rows.clear();
+        flow
+    }
+}
+
+impl Watcher for EventsFileStream<'_> {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if engine.has_transitions() {
+            self.held.extend(engine.take_transitions());
+        }
+        if engine.has_ended() {
+            // Their facts came from the first read.
+            drop(engine.take_ended());
+        }
+        if self.held.len() < self.write_at {
+            return ControlFlow::Continue(());
+        }
+        let until = engine.transition_watermark();
+        self.write_before(until)
+    }
+    fn at_end(&mut self, engine: &mut Engine) {
+        let _ = self.after_packet(engine);
+    }
+    fn at_finish(&mut self, _conn: Connection) -> Option<Connection> {
+        None
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
     }
 }
 
@@ -1653,7 +1875,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }
-        Command::Events(args) => {
+        // A pipe or FIFO (`-r <(zcat x.pcap.gz)`) can be read once: every transition is held.
+        Command::Events(args) if !args.input.files_can_be_read_twice() => {
             let keep = Keep {
                 transitions: true,
                 ..Keep::default()
@@ -1690,6 +1913,34 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     Ok(())
                 }
             })?;
+            report_counters(args.input.quiet, &outcome, &source_end);
+            finish_status(source_end.fault)
+        }
+        Command::Events(args) => {
+            // Files can be read twice: once for what the rows need from each connection's
+            // end, then again writing the rows as the transitions are found.
+            let keep = || Keep {
+                transitions: true,
+                ..Keep::default()
+            };
+            let mut first = EventsFirstRead::default();
+            let (last, _) = run_engine(&args.input, keep(), &mut first)?;
+            // The rows of the timers run at the end.
+            for t in &last.transitions {
+                if let Some(facts) = first.facts(t.conn_id) {
+                    let t0 = first.t0;
+                    first.widths.add(t, &facts, t0);
+                }
+            }
+            let mut streaming = EventsFileStream::new(args.format, &first, args.write_every);
+            if args.format == Format::Text {
+                let header = &first.widths;
+                let _ = streaming.stream.write(|out| header.write_header(out));
+            }
+            let (mut outcome, source_end) = run_engine(&args.input, keep(), &mut streaming)?;
+            streaming.held.append(&mut outcome.transitions);
+            let _ = streaming.write_before(None);
+            streaming.stream.finish()?;
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }

@@ -1,12 +1,13 @@
 //! `events` writes its text and JSON lines straight from the transitions and records; these
 //! must be the lines the row-based writers make (cells through `write_table_line`, rows
-//! through serde_json), on every committed capture.
+//! through serde_json), on every committed capture. From a file it reads twice and streams;
+//! from a pipe it holds every transition: both must write the same.
 
 mod common;
 
 use std::path::PathBuf;
 
-use common::pcaps_dir;
+use common::{pcap_bytes, pcaps_dir, rec_at, tcp_frame, tcpstate, tcpstate_with_stdin};
 use tcpstate::capture::ContainerCounters;
 use tcpstate::capture::file::read_files;
 use tcpstate::flow::EngineConfig;
@@ -87,4 +88,99 @@ fn direct_lines_equal_the_row_writers() {
         transitions_seen > 1000,
         "only {transitions_seen} transitions"
     );
+}
+
+/// A file is read twice and streamed, a pipe (here `/dev/stdin`) read once with every
+/// transition held to the end: the same rows, in every format, on every committed capture.
+#[test]
+fn streamed_from_a_file_as_held_from_a_pipe() {
+    let mut compared = 0;
+    for path in captures() {
+        let bytes = std::fs::read(&path).expect("read capture");
+        let file = path.display().to_string();
+        for format in ["text", "json", "csv"] {
+            // Looking for what can be written after every packet: a transition found late
+            // (a timer run at a record's next packet or at a sweep) must still go out in order.
+            let streamed = tcpstate(&[
+                "events",
+                "-q",
+                "--write-every",
+                "1",
+                "--format",
+                format,
+                "-r",
+                &file,
+            ]);
+            let held = tcpstate_with_stdin(
+                &["events", "-q", "--format", format, "-r", "/dev/stdin"],
+                Some(&bytes),
+            );
+            assert_eq!(streamed.stdout, held.stdout, "{format} of {file}");
+            assert_eq!(streamed.code, held.code, "{format} of {file}");
+            compared += usize::from(!streamed.stdout.is_empty());
+        }
+    }
+    assert!(compared >= 60, "only {compared} non-empty outputs");
+}
+
+/// A timer found late: connection A's TIME_WAIT (1 s here) runs out at 1.2 s, but nothing
+/// looks at A until the sweep after its record's deadline (2.1 s), by when connection B has
+/// opened (1.05 s) and closed. A's expiry must still be written before B's later rows.
+#[test]
+fn a_timer_found_late_is_written_in_time_order() {
+    let (a, b, s) = ("10.0.0.1:40000", "10.0.0.1:40001", "10.0.0.2:80");
+    let (syn, ack, fin) = (0x02, 0x10, 0x01);
+    let recs = vec![
+        rec_at(0, tcp_frame(a, s, syn, 100, 0, 0)),
+        rec_at(1, tcp_frame(s, a, syn | ack, 500, 101, 0)),
+        rec_at(2, tcp_frame(a, s, ack, 101, 501, 0)),
+        // A's client closes first: its TIME_WAIT starts at 300 ms.
+        rec_at(100, tcp_frame(a, s, fin | ack, 101, 501, 0)),
+        rec_at(200, tcp_frame(s, a, fin | ack, 501, 102, 0)),
+        rec_at(300, tcp_frame(a, s, ack, 102, 502, 0)),
+        // B's SYN comes with the second sweep (one a second from the first packet), before
+        // A's deadline; the third, at 2.1 s, ends A and only then runs its timer.
+        rec_at(1050, tcp_frame(b, s, syn, 700, 0, 0)),
+        rec_at(1051, tcp_frame(s, b, syn | ack, 900, 701, 0)),
+        rec_at(1052, tcp_frame(b, s, ack, 701, 901, 0)),
+        rec_at(1500, tcp_frame(b, s, fin | ack, 701, 901, 0)),
+        rec_at(1600, tcp_frame(s, b, fin | ack, 901, 702, 0)),
+        rec_at(1700, tcp_frame(b, s, ack, 702, 902, 0)),
+        rec_at(2100, tcp_frame(b, s, ack, 702, 902, 0)),
+    ];
+    let dir = std::env::temp_dir().join(format!("tcpstate-late-timer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("late.pcap");
+    std::fs::write(&path, pcap_bytes(&recs)).unwrap();
+    let file = path.display().to_string();
+    let args = |more: &[&'static str]| {
+        let mut v = vec!["events", "-q", "--time-wait", "1", "--format", "json"];
+        v.extend_from_slice(more);
+        v
+    };
+    let mut streamed_args = args(&["--write-every", "1", "-r"]);
+    streamed_args.push(&file);
+    let streamed = tcpstate(&streamed_args);
+    let bytes = std::fs::read(&path).unwrap();
+    let held = tcpstate_with_stdin(&args(&["-r", "/dev/stdin"]), Some(&bytes));
+    std::fs::remove_dir_all(&dir).ok();
+    let times: Vec<f64> = common::json_lines(&streamed.stdout)
+        .iter()
+        .map(|row| row["time"].as_f64().expect("a time"))
+        .collect();
+    let expiry = common::json_lines(&streamed.stdout)
+        .iter()
+        .position(|row| row["event"] == "time_wait_expired")
+        .expect("A's TIME_WAIT runs out in the capture");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "{}",
+        streamed.stdout
+    );
+    assert!(
+        expiry < times.len() - 1,
+        "rows after the expiry: {}",
+        streamed.stdout
+    );
+    assert_eq!(streamed.stdout, held.stdout);
 }

@@ -840,6 +840,35 @@ impl Connection {
         }
     }
 
+    /// The earliest time a transition of this record not found yet can carry: a timer that
+    /// runs out (TIME_WAIT expiry, handshake give-up) or the idle deadline, when a sweep ends
+    /// the record. Run late (at the record's next packet, or a sweep), a timer's transition
+    /// still carries its own time; every other transition carries its packet's.
+    pub fn next_deadline(&self, cfg: &EngineConfig) -> Ts {
+        let mut at = self.idle_deadline(cfg);
+        let sides: &[Side] = if self.self_connected {
+            &[Side::Client]
+        } else {
+            &[Side::Client, Side::Server]
+        };
+        for &side in sides {
+            let end = &self.ends[side.index()];
+            let timer = match end.state {
+                TimeWait => Some(
+                    self.time_wait(side)
+                        .map_or(end.state_since, |tw| tw.start)
+                        .plus(cfg.time_wait),
+                ),
+                SynSent | SynRecv => self.handshake_give_up_time(side),
+                _ => None,
+            };
+            if let Some(t) = timer {
+                at = at.min(t);
+            }
+        }
+        at
+    }
+
     /// The state `side` would be in at `now` (not before its last packet) if no packet came
     /// meanwhile: the timers of `advance_time` applied without changing the record.
     pub fn state_at(&self, side: Side, now: Ts, cfg: &EngineConfig) -> TcpState {

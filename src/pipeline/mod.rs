@@ -293,6 +293,11 @@ impl Engine {
         ended
     }
 
+    /// Whether `take_transitions` has any to give (cheap, for a check after every packet).
+    pub fn has_transitions(&self) -> bool {
+        self.transitions.as_ref().is_some_and(|t| !t.is_empty())
+    }
+
     /// The transitions recorded since the last call (with `record_transitions`), in the
     /// order they were found; `finish` returns only the rest, sorted by time.
     pub fn take_transitions(&mut self) -> Vec<Transition> {
@@ -305,6 +310,19 @@ impl Engine {
     /// The live record on a 4-tuple.
     pub fn find(&self, key: FlowKey) -> Option<&Connection> {
         self.table.find(key)
+    }
+
+    /// A time no transition found from now on can be earlier than: the clock, or the
+    /// earliest timer or idle deadline of a live record, run late (a look at every record).
+    /// Transitions before it can be written in time order while reading goes on.
+    pub fn transition_watermark(&self) -> Option<Ts> {
+        let now = self.now()?;
+        Some(
+            self.table
+                .live()
+                .map(|c| c.next_deadline(&self.cfg))
+                .fold(now, Ts::min),
+        )
     }
 
     /// Whether `take_ended` has records to give (cheap, for a check after every packet).

@@ -4,7 +4,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::decode::{Segment, SockAddr};
 use crate::flow::Connection;
+use crate::flow::conn::Side;
 use crate::flow::conn::Transition;
 use crate::report::line::{SpacedLine, push_addr, push_fixed};
 use crate::report::packet::{Relative, flag_letters, flag_letters_in};
@@ -65,21 +67,63 @@ pub fn record_of(conns: &[Connection], id: u64) -> Option<&Connection> {
     }
 }
 
+/// What a transition's row needs of its connection: the two addresses, and the numbers
+/// each side's sequence numbers count from (as of the record's end).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnFacts {
+    pub client: SockAddr,
+    pub server: SockAddr,
+    pub rel: Relative,
+}
+
+impl ConnFacts {
+    pub fn of(conn: &Connection) -> ConnFacts {
+        ConnFacts {
+            client: conn.end(Side::Client).addr,
+            server: conn.end(Side::Server).addr,
+            rel: Relative::of(conn),
+        }
+    }
+
+    pub fn addr(&self, side: Side) -> SockAddr {
+        match side {
+            Side::Client => self.client,
+            Side::Server => self.server,
+        }
+    }
+
+    /// The side that sends from `addr` (as `Connection::side_of`).
+    pub fn side_of(&self, addr: SockAddr) -> Side {
+        if self.client == addr {
+            Side::Client
+        } else {
+            Side::Server
+        }
+    }
+
+    /// The sender of a transition's packet, with its relative sequence and ack numbers.
+    pub fn cause(&self, t: &Transition) -> Option<(Side, Segment, u32, Option<u32>)> {
+        t.cause.map(|seg| {
+            let from = self.side_of(seg.src);
+            let (seq, ack) = self.rel.numbers(&seg, from);
+            (from, seg, seq, ack)
+        })
+    }
+}
+
 /// The row of one transition of `conn`.
 pub fn event_row(t: &Transition, conn: &Connection) -> EventRow {
-    let me = conn.end(t.side);
-    let peer = conn.end(t.side.other());
-    let rel = Relative::of(conn);
-    let cause = t.cause.map(|seg| {
-        let from = conn.side_of(seg.src);
-        let (seq, ack) = rel.numbers(&seg, from);
-        (from, seg, seq, ack)
-    });
+    event_row_of(t, &ConnFacts::of(conn))
+}
+
+/// The row of one transition of the connection `facts` describe.
+pub fn event_row_of(t: &Transition, facts: &ConnFacts) -> EventRow {
+    let cause = facts.cause(t);
     EventRow {
         time: secs(t.ts),
         conn: t.conn_id,
-        endpoint: me.addr.to_string(),
-        peer: peer.addr.to_string(),
+        endpoint: facts.addr(t.side).to_string(),
+        peer: facts.addr(t.side.other()).to_string(),
         role: t.side.name(),
         from: t.from.name(),
         to: t.to.name(),
@@ -177,23 +221,61 @@ pub fn write_text_transitions(
             .iter()
             .filter_map(|t| Some((t, record_of(conns, t.conn_id)?)))
     };
-    let mut widths = HEADER.map(str::len);
+    let mut widths = TextWidths::default();
+    for (t, conn) in rows() {
+        widths.add(t, &ConnFacts::of(conn), t0);
+    }
+    widths.write_header(out)?;
     let mut line = Vec::with_capacity(256);
     for (t, conn) in rows() {
         line.clear();
-        let lens = push_event_line(&mut line, t, conn, t0, &[0; 7]);
-        for (w, len) in widths.iter_mut().zip(lens) {
-            *w = (*w).max(len);
-        }
-    }
-    let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
-    write_table_line(out, &header, &widths)?;
-    for (t, conn) in rows() {
-        line.clear();
-        push_event_line(&mut line, t, conn, t0, &widths[..7]);
+        widths.push_line(&mut line, t, &ConnFacts::of(conn), t0);
         out.write_all(&line)?;
     }
     Ok(())
+}
+
+/// The width of each column of the text table: the header's, or its widest cell (a cell
+/// is far shorter than 255 bytes: 8 bytes a connection while `events` reads).
+#[derive(Clone, Copy, Debug)]
+pub struct TextWidths([u8; 8]);
+
+impl Default for TextWidths {
+    fn default() -> Self {
+        TextWidths(HEADER.map(|h| h.len() as u8))
+    }
+}
+
+impl TextWidths {
+    /// Widens the columns to fit the row of `t` (times relative to `t0`).
+    pub fn add(&mut self, t: &Transition, facts: &ConnFacts, t0: f64) {
+        let mut line = Vec::with_capacity(256);
+        let lens = push_event_line(&mut line, t, facts, t0, &[0; 7]);
+        for (w, len) in self.0.iter_mut().zip(lens) {
+            *w = (*w).max(u8::try_from(len).unwrap_or(u8::MAX));
+        }
+    }
+
+    /// The widths that fit the rows of both.
+    pub fn merge(&mut self, other: &TextWidths) {
+        for (w, o) in self.0.iter_mut().zip(other.0) {
+            *w = (*w).max(o);
+        }
+    }
+
+    pub fn write_header(&self, out: &mut dyn Write) -> io::Result<()> {
+        let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+        write_table_line(out, &header, &self.widths())
+    }
+
+    fn widths(&self) -> [usize; 8] {
+        self.0.map(usize::from)
+    }
+
+    /// The line of `t` in a table of these widths, into `line`.
+    pub fn push_line(&self, line: &mut Vec<u8>, t: &Transition, facts: &ConnFacts, t0: f64) {
+        push_event_line(line, t, facts, t0, &self.widths()[..7]);
+    }
 }
 
 /// One line of `write_text` into `line`, its first seven columns `widths` wide; returns the
@@ -201,7 +283,7 @@ pub fn write_text_transitions(
 fn push_event_line(
     line: &mut Vec<u8>,
     t: &Transition,
-    conn: &Connection,
+    facts: &ConnFacts,
     t0: f64,
     widths: &[usize],
 ) -> [usize; 8] {
@@ -222,21 +304,19 @@ fn push_event_line(
     next(&mut line, &mut cell_start);
     line.uint(t.conn_id);
     next(&mut line, &mut cell_start);
-    push_addr(&mut line, conn.end(t.side).addr);
+    push_addr(&mut line, facts.addr(t.side));
     next(&mut line, &mut cell_start);
     for name in [t.side.name(), t.from.name(), t.to.name(), t.event.name()] {
         line.put(name.as_bytes());
         next(&mut line, &mut cell_start);
     }
-    match (t.packet, t.cause) {
+    match (t.packet, facts.cause(t)) {
         (0, _) => line.put(b"(timer)"),
         (n, None) => {
             line.byte(b'#');
             line.uint(n);
         }
-        (n, Some(seg)) => {
-            let from = conn.side_of(seg.src);
-            let (seq, ack) = Relative::of(conn).numbers(&seg, from);
+        (n, Some((from, seg, seq, ack))) => {
             line.byte(b'#');
             line.uint(n);
             line.byte(b' ');

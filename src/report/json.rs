@@ -13,7 +13,8 @@ use crate::analysis::{ConnSummary, summarize_without_addrs};
 use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::{Side, Transition};
-use crate::report::packet::{Relative, flag_letters_in};
+use crate::report::events::ConnFacts;
+use crate::report::packet::flag_letters_in;
 use crate::time::Ts;
 
 /// Chunk size handed to the writer: at least the 64 KB of the output's `BufWriter`, so a
@@ -57,7 +58,7 @@ pub fn write_transitions_json_lines(
     let mut w = RowWriter::with_capacity(CHUNK + 4096);
     for t in transitions {
         if let Some(conn) = super::events::record_of(conns, t.conn_id) {
-            w.event_row(t, conn);
+            w.event_row(t, &ConnFacts::of(conn));
             w.flush_if_full(out)?;
         }
     }
@@ -209,20 +210,16 @@ impl RowWriter {
 
     /// Appends the `EventRow` of transition `t` of `conn` as one line, as serde_json writes
     /// that struct, without making the row (its three `String`s).
-    pub fn event_row(&mut self, t: &Transition, conn: &Connection) {
-        let cause = t.cause.map(|seg| {
-            let from = conn.side_of(seg.src);
-            let (seq, ack) = Relative::of(conn).numbers(&seg, from);
-            (from, seg, seq, ack)
-        });
+    pub fn event_row(&mut self, t: &Transition, facts: &ConnFacts) {
+        let cause = facts.cause(t);
         self.raw(b"{\"time\":");
         self.f64(super::secs(t.ts));
         self.raw(b",\"conn\":");
         self.uint(t.conn_id);
         self.raw(b",\"endpoint\":");
-        self.addr(Addr::Sock(conn.end(t.side).addr));
+        self.addr(Addr::Sock(facts.addr(t.side)));
         self.raw(b",\"peer\":");
-        self.addr(Addr::Sock(conn.end(t.side.other()).addr));
+        self.addr(Addr::Sock(facts.addr(t.side.other())));
         self.raw(b",\"role\":");
         self.str(t.side.name());
         self.raw(b",\"from\":");
