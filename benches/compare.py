@@ -12,7 +12,7 @@ capture once so it is in the page cache, then per capture runs, in rounds, `--ru
     cat FILE > /dev/null
     plain_read FILE                                  the plain-read floor, no libpcap
     pcap_read FILE                                   the same through pcap_next_ex
-    tcpstate conns -q --format json -r FILE > out    (and text `conns`, `diagnose`)
+    tcpstate conns -q --format json -r FILE > out    (and text `conns`, `diagnose`, `summary`, `states`, `events`)
     tcpstate conns ... --threads 2                   (json and text; `--threads N`, 0: skip)
 
 and the slow peers once each, with a time limit (`--peer-timeout`, `--no-peers` to skip):
@@ -164,6 +164,9 @@ def run_capture(name, path, args, binary, tmp):
          [binary, "conns", "-q", "--format", "json", "-r", path], out, True),
         ("`tcpstate conns` (text) > file", [binary, "conns", "-q", "-r", path], out, True),
         ("`tcpstate diagnose` > file", [binary, "diagnose", "-q", "-r", path], out, True),
+        ("`tcpstate summary` > file", [binary, "summary", "-q", "-r", path], out, True),
+        ("`tcpstate states` > file", [binary, "states", "-q", "-r", path], out, True),
+        ("`tcpstate events` (text) > file", [binary, "events", "-q", "-r", path], out, True),
     ]
     if args.threads > 1:
         t = str(args.threads)
