@@ -47,8 +47,14 @@ impl<'a> SpacedLine<'a> {
         }
     }
 
+    #[inline]
     pub fn uint(&mut self, v: u64) {
-        let len = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+        // Counters are mostly single digits.
+        if v < 10 {
+            self.byte(b'0' + v as u8);
+            return;
+        }
+        let len = v.ilog10() as usize + 1;
         write_digits(self.take(len), v);
     }
 
