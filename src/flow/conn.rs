@@ -815,28 +815,41 @@ impl Connection {
         {
             return;
         }
-        let sides: &[Side] = if self.self_connected {
-            &[Side::Client]
-        } else {
-            &[Side::Client, Side::Server]
-        };
-        for &side in sides {
-            let end = &self.ends[side.index()];
-            if end.state == TimeWait {
-                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
-                let expiry = start.plus(cfg.time_wait);
-                if now >= expiry {
-                    self.set_state(side, Event::TimeWaitExpired, expiry, 0, sink);
-                }
-            } else if matches!(end.state, SynSent | SynRecv)
-                && let Some(gave_up) = self.handshake_give_up_time(side)
-                && now >= gave_up
+        for &side in self.timed_sides() {
+            if let Some((event, at)) = self.running_timer(side, cfg)
+                && now >= at
             {
-                self.set_state(side, Event::HandshakeGaveUp, gave_up, 0, sink);
+                self.set_state(side, event, at, 0, sink);
             }
         }
         if self.self_connected {
             self.mirror_self();
+        }
+    }
+
+    /// The ends whose timers run: both, or for a socket connected to itself its one socket
+    /// (the server end mirrors it).
+    fn timed_sides(&self) -> &'static [Side] {
+        if self.self_connected {
+            &[Side::Client]
+        } else {
+            &[Side::Client, Side::Server]
+        }
+    }
+
+    /// The timer `side` runs in its state, if any, and when it runs out: TIME_WAIT's 2MSL,
+    /// or the handshake give-up after the last SYN (or SYN-ACK) retransmission.
+    fn running_timer(&self, side: Side, cfg: &EngineConfig) -> Option<(Event, Ts)> {
+        let end = &self.ends[side.index()];
+        match end.state {
+            TimeWait => {
+                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
+                Some((Event::TimeWaitExpired, start.plus(cfg.time_wait)))
+            }
+            SynSent | SynRecv => self
+                .handshake_give_up_time(side)
+                .map(|at| (Event::HandshakeGaveUp, at)),
+            _ => None,
         }
     }
 
@@ -845,28 +858,11 @@ impl Connection {
     /// the record. Run late (at the record's next packet, or a sweep), a timer's transition
     /// still carries its own time; every other transition carries its packet's.
     pub fn next_deadline(&self, cfg: &EngineConfig) -> Ts {
-        let mut at = self.idle_deadline(cfg);
-        let sides: &[Side] = if self.self_connected {
-            &[Side::Client]
-        } else {
-            &[Side::Client, Side::Server]
-        };
-        for &side in sides {
-            let end = &self.ends[side.index()];
-            let timer = match end.state {
-                TimeWait => Some(
-                    self.time_wait(side)
-                        .map_or(end.state_since, |tw| tw.start)
-                        .plus(cfg.time_wait),
-                ),
-                SynSent | SynRecv => self.handshake_give_up_time(side),
-                _ => None,
-            };
-            if let Some(t) = timer {
-                at = at.min(t);
-            }
-        }
-        at
+        self.timed_sides()
+            .iter()
+            .filter_map(|&side| self.running_timer(side, cfg))
+            .map(|(_, at)| at)
+            .fold(self.idle_deadline(cfg), Ts::min)
     }
 
     /// The state `side` would be in at `now` (not before its last packet) if no packet came
@@ -877,24 +873,10 @@ impl Connection {
         } else {
             side
         };
-        let end = &self.ends[side.index()];
-        match end.state {
-            TimeWait => {
-                let start = self.time_wait(side).map_or(end.state_since, |tw| tw.start);
-                if now >= start.plus(cfg.time_wait) {
-                    Closed
-                } else {
-                    TimeWait
-                }
-            }
-            SynSent | SynRecv
-                if self
-                    .handshake_give_up_time(side)
-                    .is_some_and(|gave_up| now >= gave_up) =>
-            {
-                Closed
-            }
-            state => state,
+        match self.running_timer(side, cfg) {
+            // Both timers end in CLOSED.
+            Some((_, at)) if now >= at => Closed,
+            _ => self.ends[side.index()].state,
         }
     }
 
