@@ -1329,7 +1329,14 @@ struct IntervalCounts {
     format: Format,
     csv_header_written: bool,
     host: Option<states::HostFilter>,
+    /// Lines not written in long stretches without packets, their counts unchanged.
+    skipped: u64,
 }
+
+/// Boundaries between two packets past which only the lines whose counts can change are
+/// written: a capture whose clock steps by years would otherwise write a line a second for
+/// all of them (tens of gigabytes). 11.5 days of one-second lines, about 40 MB.
+const QUIET_LINES: i64 = 1_000_000;
 
 impl IntervalCounts {
     fn write_line(&mut self, counts: &states::IntervalCounts) -> ControlFlow<()> {
@@ -1347,10 +1354,41 @@ impl IntervalCounts {
             self.next = Some(now.plus(self.every));
             return ControlFlow::Continue(());
         };
+        let every = self.every.0.max(1);
+        let boundaries = now.0.saturating_sub(at.0) / every + 1;
+        if at <= now && boundaries > QUIET_LINES {
+            // The counts change only when a live record's timer runs out: the first line,
+            // the first after each such time and the last before `now` are written.
+            let first = at;
+            let last = Ts(first.0 + (boundaries - 1) * every);
+            let host = self.host;
+            let mut lines: Vec<Ts> = engine
+                .connections()
+                .filter(|c| host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr))))
+                .flat_map(|c| c.timer_deadlines(&engine.cfg))
+                .filter(|d| *d > first && *d <= last)
+                // d > first: the next boundary at or after d.
+                .map(|d| Ts(first.0 + (d.0 - first.0 - 1) / every * every + every))
+                .chain([first, last])
+                .collect();
+            lines.sort_unstable();
+            lines.dedup();
+            self.skipped += (boundaries - lines.len() as i64).max(0) as u64;
+            for line in lines {
+                let counts = self.counts_at(engine, line);
+                self.write_line(&counts)?;
+            }
+            at = last.plus(self.every);
+        }
         while at <= now {
             let counts = self.counts_at(engine, at);
             self.write_line(&counts)?;
-            at = at.plus(self.every);
+            let next = at.plus(self.every);
+            if next <= at {
+                // The end of representable time (year 2262): no boundary comes after it.
+                break;
+            }
+            at = next;
         }
         self.next = Some(at);
         ControlFlow::Continue(())
@@ -1536,9 +1574,16 @@ fn run_interval(
         format: args.format,
         csv_header_written: false,
         host,
+        skipped: 0,
     };
     let (outcome, source_end) = run_engine(&args.input, Keep::default(), &mut counts)?;
     counts.stream.finish()?;
+    if counts.skipped > 0 {
+        eprintln!(
+            "tcpstate: warning: {} interval lines not written: where more than {QUIET_LINES} intervals pass without a packet (a jump in the capture's timestamps?), only the lines where the counts change are written",
+            counts.skipped
+        );
+    }
     report_counters(args.input.quiet, &outcome, &source_end);
     finish_status(source_end.fault)
 }

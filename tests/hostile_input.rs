@@ -558,6 +558,38 @@ fn timestamp_jumping_to_2106() {
     assert_time_jump("timestamps_jump_years.pcap", "TIME_WAIT");
 }
 
+/// `states --interval` over a clock step of 80 years: a line a second would be 2.5 billion
+/// lines; past a million quiet intervals only the lines where the counts change are written,
+/// and the rest are counted in a warning.
+#[test]
+fn interval_lines_over_a_jump_of_years() {
+    for name in ["timestamps_jump_years.pcap", "timestamp_beyond_2262.pcapng"] {
+        let path = hostile_dir().join(name);
+        let run = tcpstate_within(
+            &["states", "--interval", "1s", "-r", path.to_str().unwrap()],
+            LIMIT,
+        );
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let lines = run.stdout.lines().count();
+        assert!(
+            (2..100).contains(&lines),
+            "{name}: {lines} lines\n{}",
+            run.stdout
+        );
+        assert!(
+            run.stderr.contains("interval lines not written"),
+            "{name}: {}",
+            run.stderr
+        );
+        // The last line before the jump and the first after it are both there.
+        assert!(
+            run.stdout.starts_with("2026-01-01T00:00:01"),
+            "{name}: {}",
+            run.stdout
+        );
+    }
+}
+
 #[test]
 fn timestamp_beyond_what_nanoseconds_hold() {
     // 2^63 microseconds: the nanosecond clock saturates at its maximum, where no timer can
@@ -764,6 +796,7 @@ fn every_subcommand_on_every_hostile_file() {
     for (path, code) in &files {
         for args in [
             &["states", "--all"][..],
+            &["states", "--interval", "1s"],
             &["diagnose", "--stuck-after", "0"],
             &["summary"],
             &["events"],

@@ -217,6 +217,84 @@ fn interval_counts_equal_states_at_each_moment() {
     }
 }
 
+/// A quiet stretch of more than a million intervals (10,000 s at 7 ms) writes only the lines
+/// where the counts change: the first, the one after the TIME_WAIT (100 s here) runs out, and
+/// the last before the next packet. Each still equals `states --at` at its moment. (7 ms: no
+/// packet falls on a boundary, where a line counts without the packet and `--at` with it.)
+#[test]
+fn interval_lines_across_a_long_quiet_stretch() {
+    let (c, s) = ("10.0.0.1:40000", "10.0.0.2:80");
+    let (syn, ack, fin) = (0x02, 0x10, 0x01);
+    let recs = vec![
+        rec_at(0, tcp_frame(c, s, syn, 100, 0, 0)),
+        rec_at(1, tcp_frame(s, c, syn | ack, 500, 101, 0)),
+        rec_at(2, tcp_frame(c, s, ack, 101, 501, 0)),
+        rec_at(100, tcp_frame(c, s, fin | ack, 101, 501, 0)),
+        rec_at(200, tcp_frame(s, c, fin | ack, 501, 102, 0)),
+        rec_at(300, tcp_frame(c, s, ack, 102, 502, 0)),
+        rec_at(10_000_001, tcp_frame("10.0.0.1:40001", s, syn, 700, 0, 0)),
+    ];
+    let dir = std::env::temp_dir().join(format!("tcpstate-quiet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("quiet.pcap");
+    std::fs::write(&path, pcap_bytes(&recs)).unwrap();
+    let path = path.display().to_string();
+    let run = tcpstate(&[
+        "states",
+        "--interval",
+        "7ms",
+        "--time-wait",
+        "100",
+        "--format",
+        "json",
+        "-r",
+        &path,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("interval lines not written"),
+        "{}",
+        run.stderr
+    );
+    let lines = json_lines(&run.stdout);
+    assert!((20..200).contains(&lines.len()), "{} lines", lines.len());
+    let time_waits: Vec<u64> = lines
+        .iter()
+        .map(|l| l["counts"]["TIME_WAIT"].as_u64().unwrap_or(0))
+        .collect();
+    // TIME_WAIT from 0.2 s, over at 100.2 s, long before the next packet.
+    assert!(
+        time_waits.contains(&1) && time_waits.last() == Some(&0),
+        "{time_waits:?}"
+    );
+    // The lines of the quiet stretch (not the last, at the last packet's own time, which
+    // `--at` may miss by the nanosecond its decimal text rounds away).
+    for line in lines.iter().rev().skip(1).take(4) {
+        let at = format!("{:.6}", line["time"].as_f64().unwrap());
+        let states = tcpstate(&[
+            "states",
+            "--at",
+            &at,
+            "--time-wait",
+            "100",
+            "--format",
+            "json",
+            "-q",
+            "-r",
+            &path,
+        ]);
+        let want = counts_of_states(&json_lines(&states.stdout));
+        let got: BTreeMap<String, u64> = line["counts"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, want, "at {at}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn interval_lines_follow_a_time_wait_to_its_end() {
     // time_wait_expiry: connection 1's client TIME_WAIT lasts 60 s, then connection 2 is

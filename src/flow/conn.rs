@@ -827,6 +827,14 @@ impl Connection {
         }
     }
 
+    /// When the timers running now run out (what `state_at` changes at).
+    pub fn timer_deadlines<'a>(&'a self, cfg: &'a EngineConfig) -> impl Iterator<Item = Ts> + 'a {
+        self.timed_sides()
+            .iter()
+            .filter_map(move |&side| self.running_timer(side, cfg))
+            .map(|(_, at)| at)
+    }
+
     /// The ends whose timers run: both, or for a socket connected to itself its one socket
     /// (the server end mirrors it).
     fn timed_sides(&self) -> &'static [Side] {
@@ -858,10 +866,7 @@ impl Connection {
     /// the record. Run late (at the record's next packet, or a sweep), a timer's transition
     /// still carries its own time; every other transition carries its packet's.
     pub fn next_deadline(&self, cfg: &EngineConfig) -> Ts {
-        self.timed_sides()
-            .iter()
-            .filter_map(|&side| self.running_timer(side, cfg))
-            .map(|(_, at)| at)
+        self.timer_deadlines(cfg)
             .fold(self.idle_deadline(cfg), Ts::min)
     }
 
