@@ -7,7 +7,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{pcap_bytes, pcaps_dir, rec_at, tcp_frame, tcpstate, tcpstate_with_stdin};
+use common::{
+    opened_and_closed, pcap_bytes, pcaps_dir, rec_at, tcp_frame, tcpstate, tcpstate_with_stdin,
+};
 use tcpstate::capture::ContainerCounters;
 use tcpstate::capture::file::read_files;
 use tcpstate::flow::EngineConfig;
@@ -129,25 +131,17 @@ fn streamed_from_a_file_as_held_from_a_pipe() {
 #[test]
 fn a_timer_found_late_is_written_in_time_order() {
     let (a, b, s) = ("10.0.0.1:40000", "10.0.0.1:40001", "10.0.0.2:80");
-    let (syn, ack, fin) = (0x02, 0x10, 0x01);
-    let recs = vec![
-        rec_at(0, tcp_frame(a, s, syn, 100, 0, 0)),
-        rec_at(1, tcp_frame(s, a, syn | ack, 500, 101, 0)),
-        rec_at(2, tcp_frame(a, s, ack, 101, 501, 0)),
-        // A's client closes first: its TIME_WAIT starts at 300 ms.
-        rec_at(100, tcp_frame(a, s, fin | ack, 101, 501, 0)),
-        rec_at(200, tcp_frame(s, a, fin | ack, 501, 102, 0)),
-        rec_at(300, tcp_frame(a, s, ack, 102, 502, 0)),
-        // B's SYN comes with the second sweep (one a second from the first packet), before
-        // A's deadline; the third, at 2.1 s, ends A and only then runs its timer.
-        rec_at(1050, tcp_frame(b, s, syn, 700, 0, 0)),
-        rec_at(1051, tcp_frame(s, b, syn | ack, 900, 701, 0)),
-        rec_at(1052, tcp_frame(b, s, ack, 701, 901, 0)),
-        rec_at(1500, tcp_frame(b, s, fin | ack, 701, 901, 0)),
-        rec_at(1600, tcp_frame(s, b, fin | ack, 901, 702, 0)),
-        rec_at(1700, tcp_frame(b, s, ack, 702, 902, 0)),
-        rec_at(2100, tcp_frame(b, s, ack, 702, 902, 0)),
-    ];
+    // A's client closes first: its TIME_WAIT starts at 200 ms. B's SYN comes with the second
+    // sweep (one a second from the first packet), before A's deadline; the third, at 2.1 s,
+    // ends A and only then runs its timer.
+    let mut recs = opened_and_closed(a, s, (100, 500), [0, 1, 2, 100, 200, 300]);
+    recs.extend(opened_and_closed(
+        b,
+        s,
+        (700, 900),
+        [1050, 1051, 1052, 1500, 1600, 1700],
+    ));
+    recs.push(rec_at(2100, tcp_frame(b, s, 0x10, 702, 902, 0)));
     let dir = std::env::temp_dir().join(format!("tcpstate-late-timer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("late.pcap");

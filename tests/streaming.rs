@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{capture, json_lines, pcap_bytes, rec_at, tcp_frame, tcpstate};
+use common::{capture, json_lines, opened_and_closed, pcap_bytes, rec_at, tcp_frame, tcpstate};
 use serde_json::Value;
 
 const SYN: u8 = 0x02;
@@ -171,6 +171,16 @@ fn records_from_a_pipe_come_out_before_the_input_ends() {
 }
 
 /// Counts per state from `states --format json` rows (sockets, no listeners).
+/// The `counts` of one `states --interval --format json` line.
+fn counts_of_line(line: &Value) -> BTreeMap<String, u64> {
+    line["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
 fn counts_of_states(rows: &[Value]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for r in rows {
@@ -205,12 +215,7 @@ fn interval_counts_equal_states_at_each_moment() {
             let at = format!("{time:.6}");
             let states = tcpstate(&["states", "--at", &at, "--format", "json", "-q", "-r", &path]);
             let want = counts_of_states(&json_lines(&states.stdout));
-            let got: BTreeMap<String, u64> = line["counts"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-                .collect();
+            let got = counts_of_line(line);
             assert_eq!(got, want, "{name} at {at}");
             assert_eq!(line["sockets"].as_u64(), Some(want.values().sum::<u64>()));
         }
@@ -224,16 +229,11 @@ fn interval_counts_equal_states_at_each_moment() {
 #[test]
 fn interval_lines_across_a_long_quiet_stretch() {
     let (c, s) = ("10.0.0.1:40000", "10.0.0.2:80");
-    let (syn, ack, fin) = (0x02, 0x10, 0x01);
-    let recs = vec![
-        rec_at(0, tcp_frame(c, s, syn, 100, 0, 0)),
-        rec_at(1, tcp_frame(s, c, syn | ack, 500, 101, 0)),
-        rec_at(2, tcp_frame(c, s, ack, 101, 501, 0)),
-        rec_at(100, tcp_frame(c, s, fin | ack, 101, 501, 0)),
-        rec_at(200, tcp_frame(s, c, fin | ack, 501, 102, 0)),
-        rec_at(300, tcp_frame(c, s, ack, 102, 502, 0)),
-        rec_at(10_000_001, tcp_frame("10.0.0.1:40001", s, syn, 700, 0, 0)),
-    ];
+    let mut recs = opened_and_closed(c, s, (100, 500), [0, 1, 2, 100, 200, 300]);
+    recs.push(rec_at(
+        10_000_001,
+        tcp_frame("10.0.0.1:40001", s, 0x02, 700, 0, 0),
+    ));
     let dir = std::env::temp_dir().join(format!("tcpstate-quiet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("quiet.pcap");
@@ -284,12 +284,7 @@ fn interval_lines_across_a_long_quiet_stretch() {
             &path,
         ]);
         let want = counts_of_states(&json_lines(&states.stdout));
-        let got: BTreeMap<String, u64> = line["counts"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-            .collect();
+        let got = counts_of_line(line);
         assert_eq!(got, want, "at {at}");
     }
     std::fs::remove_dir_all(&dir).ok();

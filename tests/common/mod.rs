@@ -203,6 +203,26 @@ pub fn tcp_frame(src: &str, dst: &str, flags: u8, seq: u32, ack: u32, len: u16) 
     f
 }
 
+/// A connection from `client` to `server` that opens and closes, the client closing first
+/// (its TIME_WAIT starts with the last packet): SYN, SYN-ACK, ACK, FIN, FIN, ACK at the six
+/// times `ms`, initial sequence numbers `isn` (client, server).
+pub fn opened_and_closed(client: &str, server: &str, isn: (u32, u32), ms: [u64; 6]) -> Vec<Rec> {
+    let (c, s) = isn;
+    let (syn, ack, fin) = (0x02, 0x10, 0x01);
+    let frames = [
+        tcp_frame(client, server, syn, c, 0, 0),
+        tcp_frame(server, client, syn | ack, s, c + 1, 0),
+        tcp_frame(client, server, ack, c + 1, s + 1, 0),
+        tcp_frame(client, server, fin | ack, c + 1, s + 1, 0),
+        tcp_frame(server, client, fin | ack, s + 1, c + 2, 0),
+        tcp_frame(client, server, ack, c + 2, s + 2, 0),
+    ];
+    ms.into_iter()
+        .zip(frames)
+        .map(|(t, f)| rec_at(t, f))
+        .collect()
+}
+
 /// A record at `ms` milliseconds after 2026-01-01 holding `frame`.
 pub fn rec_at(ms: u64, frame: Vec<u8>) -> Rec {
     let base = 1_767_225_600u64;
