@@ -154,11 +154,14 @@ pub fn round_half_away(v: f64) -> f64 {
 pub fn parse_time_arg(arg: &str, capture_start: Option<Ts>) -> Result<Ts, String> {
     let arg = arg.trim();
     if let Some(rel) = arg.strip_prefix('+') {
-        let secs: f64 = rel
-            .parse()
-            .map_err(|_| format!("invalid relative time '{arg}': expected +SECONDS"))?;
+        let nanos = decimal_nanos(rel)
+            .or_else(|| rel.parse::<f64>().ok().map(|s| Dur::from_secs_f64(s).0))
+            .ok_or_else(|| format!("invalid relative time '{arg}': expected +SECONDS"))?;
         let start = capture_start.ok_or("the capture has no packets to be relative to")?;
-        return Ok(start.plus(Dur::from_secs_f64(secs)));
+        return Ok(start.plus(Dur(nanos)));
+    }
+    if let Some(nanos) = decimal_nanos(arg) {
+        return Ok(Ts(nanos));
     }
     if let Ok(secs) = arg.parse::<f64>()
         && secs.is_finite()
@@ -168,6 +171,37 @@ pub fn parse_time_arg(arg: &str, capture_start: Option<Ts>) -> Result<Ts, String
     parse_rfc3339(arg).ok_or_else(|| {
         format!("invalid time '{arg}': expected RFC 3339 (2024-05-01T12:00:00Z), epoch seconds, or +SECONDS from the capture start")
     })
+}
+
+/// Seconds written as a plain decimal (`1795268282.646533`, `-2`, `30.5`), to the nanosecond
+/// exactly: through an `f64`, an epoch time is only good to a few hundred nanoseconds, so a
+/// time copied from a report could miss the packet it names. Digits past the ninth decimal
+/// are dropped; `None` for anything else (exponents go through `f64`).
+fn decimal_nanos(s: &str) -> Option<i64> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut nanos: i64 = 0;
+    for b in frac.bytes().chain(std::iter::repeat(b'0')).take(9) {
+        nanos = nanos * 10 + i64::from(b - b'0');
+    }
+    let total = whole.checked_mul(NANOS_PER_SEC)?.checked_add(nanos)?;
+    Some(if negative { -total } else { total })
 }
 
 /// A small RFC 3339 parser (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`), enough for `--at`.
@@ -321,6 +355,27 @@ mod tests {
 
     #[test]
     fn relative_to_capture_start() {
+        // Epoch seconds to the nanosecond (an f64 would be ~250 ns off here).
+        assert_eq!(
+            parse_time_arg("1767235600.001", None).unwrap(),
+            Ts(1_767_235_600_001_000_000)
+        );
+        assert_eq!(
+            parse_time_arg("1795268282.646533", None).unwrap(),
+            Ts(1_795_268_282_646_533_000)
+        );
+        assert_eq!(parse_time_arg("-1.5", None).unwrap(), Ts(-1_500_000_000));
+        assert_eq!(parse_time_arg(".5", None).unwrap(), Ts(500_000_000));
+        assert_eq!(
+            parse_time_arg("1.0000000019", None).unwrap(),
+            Ts(1_000_000_001)
+        );
+        assert_eq!(
+            parse_time_arg("1.7e9", None).unwrap(),
+            Ts(1_700_000_000_000_000_000)
+        );
+        assert!(parse_time_arg(".", None).is_err());
+        assert!(parse_time_arg("1.2.3", None).is_err());
         let t = parse_time_arg("+1.25", Some(Ts(10 * NANOS_PER_SEC))).unwrap();
         assert_eq!(t, Ts(11_250_000_000));
         assert!(parse_time_arg("+x", Some(Ts(0))).is_err());
