@@ -1416,10 +1416,11 @@ impl Watcher for IntervalCounts {
     }
 
     fn before_packet(&mut self, engine: &mut Engine, ts: Ts) -> ControlFlow<()> {
-        // Boundaries before this packet are counted without it.
+        // Boundaries before this packet are counted without it; one at its very time waits
+        // for every packet of that time, as `states --at` counts them.
         let now = engine.now().map_or(ts, |c| c.max(ts));
         match self.next {
-            Some(next) if now >= next => self.emit_until(engine, now),
+            Some(next) if now > next => self.emit_until(engine, Ts(now.0 - 1)),
             Some(_) => ControlFlow::Continue(()),
             None => {
                 self.next = Some(now.plus(self.every));
