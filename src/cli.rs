@@ -1134,7 +1134,8 @@ fn find_by_id(conns: &[Connection], id: u64) -> Option<&Connection> {
 /// reported), and the widths of its rows in the text table, which count once it has ended.
 #[derive(Default)]
 struct EventsFirstRead {
-    t0: f64,
+    /// The first packet's time (rows count from it).
+    first: Option<f64>,
     conns: Vec<EventsConn>,
     widths: events::TextWidths,
 }
@@ -1163,6 +1164,11 @@ impl EventsFirstRead {
         self.widths.merge(&widths);
     }
 
+    /// Where row times count from: the first packet (0 with none, as the one-read path).
+    fn t0(&self) -> f64 {
+        self.first.unwrap_or(0.0)
+    }
+
     fn facts(&self, id: u64) -> Option<events::ConnFacts> {
         let i = usize::try_from(id).ok()?.checked_sub(1)?;
         self.conns.get(i)?.facts
@@ -1171,8 +1177,8 @@ impl EventsFirstRead {
 
 impl Watcher for EventsFirstRead {
     fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
-        if self.t0 == 0.0 {
-            self.t0 = engine.first_time().map_or(0.0, report::secs);
+        if self.first.is_none() {
+            self.first = engine.first_time().map(report::secs);
         }
         let transitions = engine.take_transitions();
         let ended = ended_by_id(engine);
@@ -1183,7 +1189,7 @@ impl Watcher for EventsFirstRead {
                 .filter(|c| c.id == t.conn_id)
                 .or_else(|| find_by_id(&ended, t.conn_id))
                 .map(events::ConnFacts::of);
-            let t0 = self.t0;
+            let t0 = self.t0();
             if let Some(facts) = facts
                 && let Some(entry) = self.entry(t.conn_id)
             {
@@ -1254,7 +1260,7 @@ impl EventsFileStream<'_> {
                 Format::Text => {
                     self.first
                         .widths
-                        .push_line(&mut self.line, t, &facts, self.first.t0)
+                        .push_line(&mut self.line, t, &facts, self.first.t0())
                 }
                 Format::Json => self.json.event_row(t, &facts),
                 Format::Csv => rows.push(events::event_row_of(t, &facts)),
@@ -1974,7 +1980,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             // The rows of the timers run at the end.
             for t in &last.transitions {
                 if let Some(facts) = first.facts(t.conn_id) {
-                    let t0 = first.t0;
+                    let t0 = first.t0();
                     first.widths.add(t, &facts, t0);
                 }
             }

@@ -177,30 +177,20 @@ fn cells(r: &EventRow, t0: f64) -> Vec<String> {
     ]
 }
 
-/// A table with times relative to `start` (the first packet), like tcpdump's `-ttttt`.
+/// A table with times relative to `start` (the first packet), like tcpdump's `-ttttt`, built
+/// cell by cell: what the line writers below must reproduce (tests/events_writers.rs).
 pub fn write_text(out: &mut dyn Write, rows: &[EventRow], start: Option<Ts>) -> io::Result<()> {
-    write_text_rows(out, || rows.iter().cloned(), start)
-}
-
-/// `write_text` over rows that `rows` makes afresh each time it is called: once to size the
-/// columns, once to write. No row is kept, where a table of every cell would hold
-/// gigabytes for a long capture.
-pub fn write_text_rows<I: Iterator<Item = EventRow>>(
-    out: &mut dyn Write,
-    rows: impl Fn() -> I,
-    start: Option<Ts>,
-) -> io::Result<()> {
     let t0 = start.map_or(0.0, secs);
     let header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows() {
-        for (w, cell) in widths.iter_mut().zip(cells(&r, t0)) {
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(cells(r, t0)) {
             *w = (*w).max(cell.chars().count());
         }
     }
     write_table_line(out, &header, &widths)?;
-    for r in rows() {
-        write_table_line(out, &cells(&r, t0), &widths)?;
+    for r in rows {
+        write_table_line(out, &cells(r, t0), &widths)?;
     }
     Ok(())
 }
