@@ -594,13 +594,30 @@ impl Watcher for KeepWatched {
     }
 }
 
-/// `summary`: every record is added to the summary as it ends, and none is kept.
-#[derive(Default)]
-struct SummaryStream {
-    builder: summary::SummaryBuilder,
+/// What adds each record up as it ends: `summary` and `diagnose` keep no record.
+trait AddRecord {
+    fn add(&mut self, conn: &Connection);
 }
 
-impl Watcher for SummaryStream {
+impl AddRecord for summary::SummaryBuilder {
+    fn add(&mut self, conn: &Connection) {
+        summary::SummaryBuilder::add(self, conn);
+    }
+}
+
+impl AddRecord for findings::DiagnoseBuilder {
+    fn add(&mut self, conn: &Connection) {
+        findings::DiagnoseBuilder::add(self, conn);
+    }
+}
+
+/// Hands every record to `builder` as it ends (on one thread or merged from several), and
+/// keeps none.
+struct AddEach<B: AddRecord> {
+    builder: B,
+}
+
+impl<B: AddRecord> Watcher for AddEach<B> {
     fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
         if engine.has_ended() {
             for c in engine.take_ended() {
@@ -622,7 +639,7 @@ impl Watcher for SummaryStream {
     }
 }
 
-impl MergedSink for SummaryStream {
+impl<B: AddRecord> MergedSink for AddEach<B> {
     fn ended(&mut self, conns: &mut Vec<Connection>, _: Ts, _: Option<Ts>) -> ControlFlow<()> {
         for c in conns.drain(..) {
             self.builder.add(&c);
@@ -1876,8 +1893,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 slow_handshake: seconds_arg("slow-handshake", args.slow_handshake)?,
                 syn_flood: args.syn_flood,
             };
-            let (outcome, source_end) = run_records(&args.input, None)?;
-            let found = findings::diagnose(&outcome, &cfg);
+            // Each record is added to the findings as it ends, and dropped.
+            let mut adding = AddEach {
+                builder: findings::DiagnoseBuilder::new(cfg),
+            };
+            let (outcome, source_end) = if args.input.threads > 1 {
+                run_sharded(&args.input, None, &mut adding)?
+            } else {
+                run_engine(&args.input, Keep::default(), &mut adding)?
+            };
+            let found = adding.builder.finish(&outcome);
             let start = outcome.first_ts.map(report::secs);
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_findings_text(out, &found, start),
@@ -1892,7 +1917,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(usage("summary has no CSV form: use --format json".into()));
             }
             // Each record is added up as it ends: only its durations are kept, not the record.
-            let mut adding = SummaryStream::default();
+            let mut adding = AddEach {
+                builder: summary::SummaryBuilder::default(),
+            };
             let (outcome, source_end) = if args.input.threads > 1 {
                 run_sharded(&args.input, None, &mut adding)?
             } else {

@@ -6,8 +6,17 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Rec, capture, json_lines, pcap_bytes, read_pcap, rec_at, tcp_frame, tcpstate};
+use std::ops::ControlFlow;
+
+use common::{
+    Rec, capture, json_lines, pcap_bytes, pcaps_dir, read_pcap, rec_at, tcp_frame, tcpstate,
+};
 use serde_json::Value;
+use tcpstate::analysis::findings::{self, DiagnoseBuilder, DiagnoseConfig};
+use tcpstate::capture::{ContainerCounters, file};
+use tcpstate::flow::EngineConfig;
+use tcpstate::pipeline::{Engine, Outcome};
+use tcpstate::time::Dur;
 
 fn findings_with(file: &str, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["diagnose", "-q", "--format", "json", "-r", file];
@@ -601,4 +610,71 @@ fn syn_flood_is_a_finding_with_and_without_a_table_limit() {
     }
     // A handful of unanswered SYNs is not a flood.
     assert!(!kinds(&findings("syn_blackhole")).contains(&"syn_flood".to_string()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records in any order
+
+fn outcome_of(path: &std::path::Path) -> Outcome {
+    let bytes = std::fs::read(path).unwrap();
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut counters = ContainerCounters::default();
+    let read = file::read_from("capture", &bytes[..], &mut counters, &mut |p| {
+        engine.process(p);
+        ControlFlow::Continue(())
+    });
+    assert!(read.is_ok(), "{}", path.display());
+    engine.finish()
+}
+
+/// `diagnose` gets each record as it ends (or as shards hand them over), not in id order:
+/// fed in reverse, or odd ids first, every capture gives the findings of a pass in id order.
+/// With low thresholds most kinds fire, and mixed.pcap's TIME_WAIT findings list 20 of their
+/// connections and 10 of their endpoints, so what the evidence keeps is tested too.
+#[test]
+fn findings_do_not_depend_on_the_order_records_end_in() {
+    let low = DiagnoseConfig {
+        stuck_after: Dur::from_millis(0),
+        port_range: (40000, 40199),
+        many_time_wait: 1,
+        slow_handshake: Dur::from_millis(0),
+        syn_flood: 1,
+    };
+    let (mut kinds_seen, mut cut_evidence) = (std::collections::BTreeSet::new(), 0);
+    let mut paths: Vec<_> = std::fs::read_dir(pcaps_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let outcome = outcome_of(&path);
+        for cfg in [DiagnoseConfig::default(), low] {
+            let in_id_order = findings::diagnose(&outcome, &cfg);
+            let conns = &outcome.connections;
+            let odd_first = conns
+                .iter()
+                .filter(|c| c.id % 2 == 1)
+                .chain(conns.iter().filter(|c| c.id % 2 == 0));
+            for order in [conns.iter().rev().collect::<Vec<_>>(), odd_first.collect()] {
+                let mut builder = DiagnoseBuilder::new(cfg);
+                for c in order {
+                    builder.add(c);
+                }
+                assert_eq!(builder.finish(&outcome), in_id_order, "{}", path.display());
+            }
+            for f in &in_id_order {
+                kinds_seen.insert(f.kind);
+                let ev = &f.evidence;
+                if ev.connections_total > ev.connections.len() && ev.endpoints.len() == 10 {
+                    cut_evidence += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        cut_evidence > 0,
+        "no finding with more evidence than it lists"
+    );
+    assert!(kinds_seen.len() >= 14, "kinds seen: {kinds_seen:?}");
 }

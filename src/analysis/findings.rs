@@ -2,14 +2,16 @@
 //! evidence (connection ids, endpoints, first and last time), the likely cause in one
 //! sentence and what to check next. Rules read the tracked connection records only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::analysis::stats::Distribution;
 use crate::decode::SockAddr;
-use crate::flow::conn::{Handshake, TimeWaitEnd};
+use crate::flow::EvictedAttempts;
+use crate::flow::conn::{Handshake, TimeWait, TimeWaitEnd};
 use crate::flow::{Connection, Side};
 use crate::pipeline::Outcome;
 use crate::tcp::TcpState;
@@ -97,55 +99,67 @@ pub struct Finding {
     pub check: String,
 }
 
-/// Collects connection ids, endpoints and times for one finding.
+/// Collects connection ids, endpoints and times for one finding, from records added in any
+/// order: it keeps what a pass over them in id order would list first (the smallest ids, and
+/// the endpoints first met), so a finding does not depend on the order records end in.
 #[derive(Default)]
 struct EvidenceBuilder {
+    /// The smallest distinct ids, ascending.
     ids: Vec<u64>,
     total: usize,
-    endpoints: Vec<String>,
+    /// Endpoints with the first (id, place within the record) each was met at. An endpoint
+    /// pushed out by ones met earlier can never come back in: the keys here only go down.
+    endpoints: Vec<((u64, u8), SockAddr)>,
     first: Option<Ts>,
     last: Option<Ts>,
 }
 
 impl EvidenceBuilder {
     fn add(&mut self, id: u64, endpoint: SockAddr, from: Ts, to: Ts) {
+        self.add_at(id, 0, endpoint, from, to);
+    }
+
+    /// `place`: the order of this endpoint among those one record adds to the same finding.
+    fn add_at(&mut self, id: u64, place: u8, endpoint: SockAddr, from: Ts, to: Ts) {
         self.total += 1;
-        if self.ids.len() < EVIDENCE_IDS && !self.ids.contains(&id) {
-            self.ids.push(id);
+        if let Err(at) = self.ids.binary_search(&id)
+            && at < EVIDENCE_IDS
+        {
+            self.ids.insert(at, id);
+            self.ids.truncate(EVIDENCE_IDS);
         }
-        let ep = endpoint.to_string();
-        if self.endpoints.len() < EVIDENCE_ENDPOINTS && !self.endpoints.contains(&ep) {
-            self.endpoints.push(ep);
+        let key = (id, place);
+        if let Some(known) = self.endpoints.iter_mut().find(|(_, ep)| *ep == endpoint) {
+            known.0 = known.0.min(key);
+        } else if self.endpoints.len() < EVIDENCE_ENDPOINTS {
+            self.endpoints.push((key, endpoint));
+        } else if let Some(latest) = self.endpoints.iter_mut().max_by_key(|(k, _)| *k)
+            && key < latest.0
+        {
+            *latest = (key, endpoint);
         }
         self.first = Some(self.first.map_or(from, |f| f.min(from)));
         self.last = Some(self.last.map_or(to, |l| l.max(to)));
     }
 
-    fn build(self) -> Evidence {
+    fn build(mut self) -> Evidence {
+        self.endpoints.sort_unstable_by_key(|(k, _)| *k);
         Evidence {
             connections: self.ids,
             connections_total: self.total,
-            endpoints: self.endpoints,
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|(_, ep)| ep.to_string())
+                .collect(),
             first: self.first.map(epoch_secs),
             last: self.last.map(epoch_secs),
         }
     }
 }
 
-fn server_of(c: &Connection) -> String {
-    c.end(Side::Server).addr.to_string()
-}
-
-/// Groups connections by a key, keeping the order keys sort in.
-fn group_by<'a, K: Ord>(
-    conns: impl Iterator<Item = &'a Connection>,
-    key: impl Fn(&Connection) -> K,
-) -> BTreeMap<K, Vec<&'a Connection>> {
-    let mut groups: BTreeMap<K, Vec<&Connection>> = BTreeMap::new();
-    for c in conns {
-        groups.entry(key(c)).or_default().push(c);
-    }
-    groups
+fn server_addr(c: &Connection) -> SockAddr {
+    c.end(Side::Server).addr
 }
 
 fn details(v: Value) -> Map<String, Value> {
@@ -157,55 +171,267 @@ fn details(v: Value) -> Map<String, Value> {
 
 /// Every finding the connections support, most severe first, then most frequent.
 pub fn diagnose(outcome: &Outcome, cfg: &DiagnoseConfig) -> Vec<Finding> {
-    let conns = &outcome.connections;
-    let end = outcome.end_ts.unwrap_or_default();
-    let mut all = Vec::new();
-    syn_flood(outcome, cfg, &mut all);
-    unanswered_syns(conns, &mut all);
-    refused(conns, &mut all);
-    incomplete_handshakes(conns, &mut all);
-    resets(conns, &mut all);
-    ignored_resets(conns, &mut all);
-    stuck_close_wait(conns, end, cfg, &mut all);
-    held_fin_wait2(conns, end, cfg, &mut all);
-    time_wait(conns, end, cfg, &mut all);
-    slow_handshakes(conns, cfg, &mut all);
-    oddities(outcome, &mut all);
-    all.sort_by(|a, b| {
-        (a.severity, std::cmp::Reverse(a.count), a.kind, &a.service).cmp(&(
-            b.severity,
-            std::cmp::Reverse(b.count),
-            b.kind,
-            &b.service,
-        ))
-    });
-    all
+    let mut builder = DiagnoseBuilder::new(*cfg);
+    for c in &outcome.connections {
+        builder.add(c);
+    }
+    builder.finish(outcome)
+}
+
+/// `diagnose` as records end: each record is added and dropped. Kept per connection of the
+/// capture is only what a finding still needs at the end: a TIME_WAIT stay (40 bytes; peaks
+/// need them all), a handshake time (8 bytes; medians need them all), a side in CLOSE_WAIT
+/// or FIN_WAIT2 (whether it is stuck depends on when the capture ends).
+pub struct DiagnoseBuilder {
+    cfg: DiagnoseConfig,
+    floods: BTreeMap<SockAddr, Flood>,
+    unanswered: BTreeMap<SockAddr, Unanswered>,
+    refused: BTreeMap<SockAddr, (EvidenceBuilder, BTreeSet<IpAddr>)>,
+    incomplete: BTreeMap<SockAddr, Incomplete>,
+    synack_only: BTreeMap<SockAddr, EvidenceBuilder>,
+    resets: BTreeMap<ResetKey, ResetGroup>,
+    ignored_resets: (EvidenceBuilder, u64, u64),
+    stuck: Vec<StuckSide>,
+    stays: Stays,
+    closers: BTreeMap<SockAddr, Closers>,
+    handshakes: BTreeMap<SockAddr, Handshakes>,
+    simultaneous_open: EvidenceBuilder,
+    crossed_fins: EvidenceBuilder,
+    midstream: EvidenceBuilder,
+    unexplained: u64,
+}
+
+impl DiagnoseBuilder {
+    pub fn new(cfg: DiagnoseConfig) -> DiagnoseBuilder {
+        DiagnoseBuilder {
+            cfg,
+            floods: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            incomplete: BTreeMap::new(),
+            synack_only: BTreeMap::new(),
+            resets: BTreeMap::new(),
+            ignored_resets: Default::default(),
+            stuck: Vec::new(),
+            stays: Stays::default(),
+            closers: BTreeMap::new(),
+            handshakes: BTreeMap::new(),
+            simultaneous_open: EvidenceBuilder::default(),
+            crossed_fins: EvidenceBuilder::default(),
+            midstream: EvidenceBuilder::default(),
+            unexplained: 0,
+        }
+    }
+
+    pub fn add(&mut self, c: &Connection) {
+        let handshake = c.handshake();
+        if c.is_half_open_attempt()
+            && matches!(handshake, Handshake::Unanswered | Handshake::NotCompleted)
+        {
+            let g = self.floods.entry(server_addr(c)).or_default();
+            g.ev.add(c.id, c.end(Side::Client).addr, c.start, c.last);
+            g.attempts += 1;
+            g.syns += u64::from(c.syn_count(Side::Client).max(1));
+        }
+        match handshake {
+            Handshake::Unanswered => self.unanswered.entry(server_addr(c)).or_default().add(c),
+            Handshake::Refused => {
+                let client = c.end(Side::Client).addr;
+                let g = self.refused.entry(server_addr(c)).or_default();
+                g.0.add(c.id, client, c.start, c.last);
+                g.1.insert(client.ip);
+            }
+            Handshake::NotCompleted => self.incomplete.entry(server_addr(c)).or_default().add(c),
+            Handshake::Completed => {
+                let slow = self.cfg.slow_handshake;
+                self.handshakes
+                    .entry(server_addr(c))
+                    .or_default()
+                    .add(c, slow);
+            }
+            _ => {}
+        }
+        if c.partial && c.synack_first.is_some() && c.syn_first(Side::Client).is_none() {
+            let ev = self.synack_only.entry(server_addr(c)).or_default();
+            ev.add(c.id, c.end(Side::Server).addr, c.start, c.last);
+        }
+        if let Some(r) = c.reset()
+            && handshake != Handshake::Refused
+        {
+            let key = (
+                server_addr(c),
+                r.by.name(),
+                reset_phase(c, r.sender_state, r.receiver_state),
+                r.sender_state.name(),
+            );
+            let g = self.resets.entry(key).or_insert_with(|| ResetGroup {
+                ev: EvidenceBuilder::default(),
+                count: 0,
+                first_id: c.id,
+            });
+            g.ev.add(c.id, c.end(r.by).addr, r.ts, r.ts);
+            g.count += 1;
+            g.first_id = g.first_id.min(c.id);
+        }
+        let a = c.anomalies();
+        if a.rst_out_of_window + a.rst_in_window_not_exact > 0 {
+            let (ev, oow, inexact) = &mut self.ignored_resets;
+            *oow += u64::from(a.rst_out_of_window);
+            *inexact += u64::from(a.rst_in_window_not_exact);
+            ev.add(c.id, c.end(Side::Server).addr, c.start, c.last);
+        }
+        self.unexplained += u64::from(a.unexplained);
+        for side in [Side::Client, Side::Server] {
+            let e = c.end(side);
+            if matches!(e.state, TcpState::CloseWait | TcpState::FinWait2) {
+                let peer = c.end(side.other());
+                self.stuck.push(StuckSide {
+                    id: c.id,
+                    side,
+                    state: e.state,
+                    since: e.state_since,
+                    addr: e.addr,
+                    peer: peer.addr,
+                    peer_state: peer.state,
+                    server: server_addr(c),
+                });
+            }
+            if let Some(tw) = c.time_wait(side) {
+                self.stays.add(c, side, tw);
+            }
+        }
+        if let Some(closer) = c.first_closer()
+            && !c.crossed_fins
+        {
+            let g = self.closers.entry(server_addr(c)).or_default();
+            if closer == Side::Server {
+                let fin = c.end(Side::Server).fin_time.get().unwrap_or(c.start);
+                g.ev.add(c.id, c.end(Side::Server).addr, fin, fin);
+                g.by_server += 1;
+            } else {
+                g.by_client += 1;
+            }
+        }
+        let server = c.end(Side::Server).addr;
+        for (seen, ev) in [
+            (c.simultaneous_open, &mut self.simultaneous_open),
+            (c.crossed_fins, &mut self.crossed_fins),
+            (c.partial, &mut self.midstream),
+        ] {
+            if seen {
+                ev.add(c.id, server, c.start, c.last);
+            }
+        }
+    }
+
+    /// The findings, most severe first, then most frequent.
+    pub fn finish(self, outcome: &Outcome) -> Vec<Finding> {
+        let cfg = &self.cfg;
+        let end = outcome.end_ts.unwrap_or_default();
+        let mut all = Vec::new();
+        syn_flood(self.floods, &outcome.evicted_attempts, cfg, &mut all);
+        unanswered_syns(self.unanswered, &mut all);
+        refused(self.refused, &mut all);
+        incomplete_handshakes(self.incomplete, self.synack_only, &mut all);
+        resets(self.resets, &mut all);
+        ignored_resets(self.ignored_resets, &mut all);
+        stuck_close_wait(&self.stuck, end, cfg, &mut all);
+        held_fin_wait2(&self.stuck, end, cfg, &mut all);
+        let mut stays = self.stays;
+        stays.settle(end);
+        server_closes_first(self.closers, &stays, &mut all);
+        time_wait_peaks(&stays, cfg, &mut all);
+        time_wait_ports(&stays, cfg, &mut all);
+        time_wait_reuse(&stays, &mut all);
+        slow_handshakes(self.handshakes, cfg, &mut all);
+        let mut simple =
+            |kind: &'static str, ev: EvidenceBuilder, summary: String, cause: &str, check: &str| {
+                if ev.total == 0 {
+                    return;
+                }
+                all.push(Finding {
+                    severity: Severity::Info,
+                    kind,
+                    service: None,
+                    summary,
+                    count: ev.total as u64,
+                    evidence: ev.build(),
+                    details: Map::new(),
+                    cause: cause.into(),
+                    check: check.into(),
+                });
+            };
+        let n = self.simultaneous_open.total;
+        simple(
+            "simultaneous_open",
+            self.simultaneous_open,
+            format!("{n} connection(s) opened simultaneously (both sides sent a SYN)"),
+            "Two sockets connected to each other at the same moment (peer-to-peer hole punching, or a client bound to a fixed port reconnecting to a peer doing the same); rare in client/server traffic.",
+            "`tcpstate explain` one of them to see the crossed SYNs.",
+        );
+        let n = self.crossed_fins.total;
+        simple(
+            "simultaneous_close",
+            self.crossed_fins,
+            format!(
+                "{n} connection(s) closed simultaneously (the FINs crossed; both sides went through CLOSING)"
+            ),
+            "Both applications closed at about the same time; both sides then keep a TIME_WAIT.",
+            "Nothing to fix; it explains TIME_WAIT on both hosts.",
+        );
+        let n = self.midstream.total;
+        simple(
+            "midstream",
+            self.midstream,
+            format!(
+                "{n} connection(s) were picked up mid-stream (their SYN is not in the capture)"
+            ),
+            "The capture started after these connections opened; their handshake facts are unknown and their direction may be guessed from the ports.",
+            "Start the capture before the connections of interest open.",
+        );
+        capture_problems(outcome, self.unexplained, &mut all);
+        all.sort_by(|a, b| {
+            (a.severity, std::cmp::Reverse(a.count), a.kind, &a.service).cmp(&(
+                b.severity,
+                std::cmp::Reverse(b.count),
+                b.kind,
+                &b.service,
+            ))
+        });
+        all
+    }
+}
+
+#[derive(Default)]
+struct Flood {
+    ev: EvidenceBuilder,
+    attempts: u64,
+    syns: u64,
+    evicted: u64,
 }
 
 /// Many half-open attempts on one server: tracked ones plus those evicted under `--max-conns`.
-fn syn_flood(outcome: &Outcome, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
-    let mut per: BTreeMap<SockAddr, (EvidenceBuilder, u64, u64, u64)> = BTreeMap::new();
-    for c in outcome.connections.iter().filter(|c| {
-        c.is_half_open_attempt()
-            && matches!(
-                c.handshake(),
-                Handshake::Unanswered | Handshake::NotCompleted
-            )
-    }) {
-        let g = per.entry(c.end(Side::Server).addr).or_default();
-        g.0.add(c.id, c.end(Side::Client).addr, c.start, c.last);
-        g.1 += 1;
-        g.2 += u64::from(c.syn_count(Side::Client).max(1));
-    }
-    for (server, a) in &outcome.evicted_attempts {
+fn syn_flood(
+    mut per: BTreeMap<SockAddr, Flood>,
+    evicted_attempts: &[(SockAddr, EvictedAttempts)],
+    cfg: &DiagnoseConfig,
+    out: &mut Vec<Finding>,
+) {
+    for (server, a) in evicted_attempts {
         let g = per.entry(*server).or_default();
-        g.1 += a.count;
-        g.2 += a.syns;
-        g.3 += a.count;
-        g.0.first = Some(g.0.first.map_or(a.first, |f| f.min(a.first)));
-        g.0.last = Some(g.0.last.map_or(a.last, |l| l.max(a.last)));
+        g.attempts += a.count;
+        g.syns += a.syns;
+        g.evicted += a.count;
+        g.ev.first = Some(g.ev.first.map_or(a.first, |f| f.min(a.first)));
+        g.ev.last = Some(g.ev.last.map_or(a.last, |l| l.max(a.last)));
     }
-    for (server, (ev, attempts, syns, evicted)) in per {
+    for (server, g) in per {
+        let Flood {
+            ev,
+            attempts,
+            syns,
+            evicted,
+        } = g;
         if attempts < cfg.syn_flood && evicted == 0 {
             continue;
         }
@@ -243,31 +469,49 @@ fn syn_flood(outcome: &Outcome, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
     }
 }
 
-fn unanswered_syns(conns: &[Connection], out: &mut Vec<Finding>) {
-    let hit = conns
-        .iter()
-        .filter(|c| c.handshake() == Handshake::Unanswered);
-    for (service, group) in group_by(hit, server_of) {
-        let mut ev = EvidenceBuilder::default();
-        let (mut syns, mut gave_up, mut trying) = (0u64, 0u64, 0u64);
-        let mut longest: &[Ts] = &[];
-        for c in &group {
-            let client = c.end(Side::Client);
-            ev.add(c.id, client.addr, c.start, c.last);
-            syns += u64::from(c.syn_count(Side::Client));
-            if c.syn_times(Side::Client).len() > longest.len() {
-                longest = c.syn_times(Side::Client);
+#[derive(Default)]
+struct Unanswered {
+    ev: EvidenceBuilder,
+    n: u64,
+    syns: u64,
+    gave_up: u64,
+    trying: u64,
+    /// The SYN times of the attempt with the most, the smallest id among equals.
+    longest: Option<(u64, Vec<Ts>)>,
+}
+
+impl Unanswered {
+    fn add(&mut self, c: &Connection) {
+        let client = c.end(Side::Client);
+        self.ev.add(c.id, client.addr, c.start, c.last);
+        self.n += 1;
+        self.syns += u64::from(c.syn_count(Side::Client));
+        let times = c.syn_times(Side::Client);
+        let longer = match &self.longest {
+            None => !times.is_empty(),
+            Some((id, kept)) => {
+                times.len() > kept.len() || (times.len() == kept.len() && c.id < *id)
             }
-            match client.state {
-                TcpState::SynSent => trying += 1,
-                _ => gave_up += 1,
-            }
+        };
+        if longer {
+            self.longest = Some((c.id, times.to_vec()));
         }
+        match client.state {
+            TcpState::SynSent => self.trying += 1,
+            _ => self.gave_up += 1,
+        }
+    }
+}
+
+fn unanswered_syns(groups: BTreeMap<SockAddr, Unanswered>, out: &mut Vec<Finding>) {
+    for (server, g) in groups {
+        let service = server.to_string();
+        let (n, syns) = (g.n, g.syns);
+        let longest = g.longest.map(|(_, t)| t).unwrap_or_default();
         let spacing: Vec<f64> = longest
             .windows(2)
             .map(|w| (w[1].since(w[0]).as_secs_f64() * 10.0).round() / 10.0)
             .collect();
-        let n = group.len() as u64;
         out.push(Finding {
             severity: Severity::Critical,
             kind: "unanswered_syn",
@@ -277,13 +521,13 @@ fn unanswered_syns(conns: &[Connection], out: &mut Vec<Finding>) {
                 syns.saturating_sub(n)
             ),
             count: n,
-            evidence: ev.build(),
+            evidence: g.ev.build(),
             details: details(json!({
                 "syns": syns,
                 "syn_retransmissions": syns.saturating_sub(n),
                 "retransmission_spacing_s": spacing,
-                "clients_gave_up": gave_up,
-                "clients_still_trying_at_end": trying,
+                "clients_gave_up": g.gave_up,
+                "clients_still_trying_at_end": g.trying,
             })),
             cause: "Nothing answered the SYNs (no SYN-ACK, no RST): the host is down or unreachable, a firewall drops them silently, or the listener's accept queue is full (Linux then drops SYNs without a word).".into(),
             check: format!(
@@ -293,19 +537,13 @@ fn unanswered_syns(conns: &[Connection], out: &mut Vec<Finding>) {
     }
 }
 
-fn refused(conns: &[Connection], out: &mut Vec<Finding>) {
-    let hit = conns.iter().filter(|c| c.handshake() == Handshake::Refused);
-    for (service, group) in group_by(hit, server_of) {
-        let mut ev = EvidenceBuilder::default();
-        let mut clients: Vec<SockAddr> = Vec::new();
-        for c in &group {
-            let client = c.end(Side::Client).addr;
-            ev.add(c.id, client, c.start, c.last);
-            if !clients.iter().any(|a| a.ip == client.ip) {
-                clients.push(client);
-            }
-        }
-        let n = group.len() as u64;
+fn refused(
+    groups: BTreeMap<SockAddr, (EvidenceBuilder, BTreeSet<IpAddr>)>,
+    out: &mut Vec<Finding>,
+) {
+    for (server, (ev, client_hosts)) in groups {
+        let service = server.to_string();
+        let n = ev.total as u64;
         out.push(Finding {
             severity: Severity::Critical,
             kind: "refused",
@@ -313,7 +551,7 @@ fn refused(conns: &[Connection], out: &mut Vec<Finding>) {
             summary: format!("{n} connection attempt(s) to {service} were refused (SYN answered by RST)"),
             count: n,
             evidence: ev.build(),
-            details: details(json!({ "client_hosts": clients.len() })),
+            details: details(json!({ "client_hosts": client_hosts.len() })),
             cause: "The host answered the SYN with a RST: no socket listens on that port (the service is down, restarting, or bound to another address), or a firewall rejects with a TCP reset.".into(),
             check: format!(
                 "On the server, `ss -ltn` for {service}: is the service running and bound to that address? Look for `REJECT --reject-with tcp-reset` rules and for service restarts at the times listed."
@@ -322,20 +560,32 @@ fn refused(conns: &[Connection], out: &mut Vec<Finding>) {
     }
 }
 
-fn incomplete_handshakes(conns: &[Connection], out: &mut Vec<Finding>) {
-    let hit = conns
-        .iter()
-        .filter(|c| c.handshake() == Handshake::NotCompleted);
-    for (service, group) in group_by(hit, server_of) {
-        let mut ev = EvidenceBuilder::default();
-        let (mut synack_rtx, mut ack_lost, mut client_open) = (0u64, 0u64, 0u64);
-        for c in &group {
-            ev.add(c.id, c.end(Side::Client).addr, c.start, c.last);
-            synack_rtx += u64::from(c.synack_retransmits(Side::Server));
-            ack_lost += u64::from(c.handshake_ack_disproven);
-            client_open += u64::from(c.end(Side::Client).state == TcpState::Established);
-        }
-        let n = group.len() as u64;
+#[derive(Default)]
+struct Incomplete {
+    ev: EvidenceBuilder,
+    synack_rtx: u64,
+    ack_lost: u64,
+    client_open: u64,
+}
+
+impl Incomplete {
+    fn add(&mut self, c: &Connection) {
+        self.ev.add(c.id, c.end(Side::Client).addr, c.start, c.last);
+        self.synack_rtx += u64::from(c.synack_retransmits(Side::Server));
+        self.ack_lost += u64::from(c.handshake_ack_disproven);
+        self.client_open += u64::from(c.end(Side::Client).state == TcpState::Established);
+    }
+}
+
+fn incomplete_handshakes(
+    groups: BTreeMap<SockAddr, Incomplete>,
+    synack_only: BTreeMap<SockAddr, EvidenceBuilder>,
+    out: &mut Vec<Finding>,
+) {
+    for (server, g) in groups {
+        let service = server.to_string();
+        let n = g.ev.total as u64;
+        let synack_rtx = g.synack_rtx;
         out.push(Finding {
             severity: Severity::Warning,
             kind: "handshake_incomplete",
@@ -344,25 +594,19 @@ fn incomplete_handshakes(conns: &[Connection], out: &mut Vec<Finding>) {
                 "{n} handshake(s) with {service} never completed: SYN-ACK sent, the final ACK never arrived ({synack_rtx} SYN-ACK retransmissions)"
             ),
             count: n,
-            evidence: ev.build(),
+            evidence: g.ev.build(),
             details: details(json!({
                 "synack_retransmissions": synack_rtx,
-                "acks_seen_but_lost": ack_lost,
-                "clients_established": client_open,
+                "acks_seen_but_lost": g.ack_lost,
+                "clients_established": g.client_open,
             })),
             cause: "The server answered but did not get the client's ACK: it was lost or dropped between the capture point and the server (a stateful firewall, asymmetric routing), or the client gave up; the server retries its SYN-ACK tcp_synack_retries times and then forgets the connection while the client may believe it is open.".into(),
             check: "Compare captures on both hosts to find where the ACK disappears; check firewalls and conntrack between them; many of these from many sources suggest a SYN flood (`nstat -az TcpExtSyncookiesSent`).".into(),
         });
     }
-    let synack_only = conns
-        .iter()
-        .filter(|c| c.partial && c.synack_first.is_some() && c.syn_first(Side::Client).is_none());
-    for (service, group) in group_by(synack_only, server_of) {
-        let mut ev = EvidenceBuilder::default();
-        for c in &group {
-            ev.add(c.id, c.end(Side::Server).addr, c.start, c.last);
-        }
-        let n = group.len() as u64;
+    for (server, ev) in synack_only {
+        let service = server.to_string();
+        let n = ev.total as u64;
         out.push(Finding {
             severity: Severity::Info,
             kind: "synack_without_syn",
@@ -395,23 +639,19 @@ fn reset_phase(c: &Connection, sender: TcpState, receiver: TcpState) -> &'static
     }
 }
 
-fn resets(conns: &[Connection], out: &mut Vec<Finding>) {
-    let hit = conns
-        .iter()
-        .filter(|c| c.reset().is_some() && c.handshake() != Handshake::Refused);
-    let groups = group_by(hit, |c| {
-        let r = c.reset().map(|r| (r.by, r.sender_state, r.receiver_state));
-        let (by, st, rst) = r.unwrap_or((Side::Client, TcpState::Closed, TcpState::Closed));
-        (server_of(c), by.name(), reset_phase(c, st, rst), st.name())
-    });
-    for ((service, by, phase, state), group) in groups {
-        let mut ev = EvidenceBuilder::default();
-        for c in &group {
-            if let Some(r) = c.reset() {
-                ev.add(c.id, c.end(r.by).addr, r.ts, r.ts);
-            }
-        }
-        let n = group.len() as u64;
+/// Server, who reset, the phase, the sender's state.
+type ResetKey = (SockAddr, &'static str, &'static str, &'static str);
+
+struct ResetGroup {
+    ev: EvidenceBuilder,
+    count: u64,
+    first_id: u64,
+}
+
+fn resets(groups: BTreeMap<ResetKey, ResetGroup>, out: &mut Vec<Finding>) {
+    for ((server, by, phase, state), g) in groups {
+        let service = server.to_string();
+        let n = g.count;
         let cause = match phase {
             "handshake" => format!(
                 "The {by} aborted before the handshake completed: the other end had a half-open connection it no longer knew (a server that dropped it after its SYN-ACK retries answers the client's data with RST), or the application gave up."
@@ -431,28 +671,18 @@ fn resets(conns: &[Connection], out: &mut Vec<Finding>) {
                 "the {by} reset {n} connection(s) with {service} during the {phase}, from {state}"
             ),
             count: n,
-            evidence: ev.build(),
+            evidence: g.ev.build(),
             details: details(json!({ "reset_by": by, "phase": phase, "sender_state": state })),
             cause,
             check: format!(
                 "`tcpstate explain -r FILE {}` shows the packets before the RST; on the {by}, `nstat -az TcpExtTCPAbortOnData TcpExtTCPAbortOnClose TcpExtTCPAbortOnLinger` tells which abort it was.",
-                group[0].id
+                g.first_id
             ),
         });
     }
 }
 
-fn ignored_resets(conns: &[Connection], out: &mut Vec<Finding>) {
-    let mut ev = EvidenceBuilder::default();
-    let (mut oow, mut inexact) = (0u64, 0u64);
-    for c in conns {
-        let a = c.anomalies();
-        if a.rst_out_of_window + a.rst_in_window_not_exact > 0 {
-            oow += u64::from(a.rst_out_of_window);
-            inexact += u64::from(a.rst_in_window_not_exact);
-            ev.add(c.id, c.end(Side::Server).addr, c.start, c.last);
-        }
-    }
+fn ignored_resets((ev, oow, inexact): (EvidenceBuilder, u64, u64), out: &mut Vec<Finding>) {
     if oow + inexact == 0 {
         return;
     }
@@ -472,27 +702,37 @@ fn ignored_resets(conns: &[Connection], out: &mut Vec<Finding>) {
     });
 }
 
+/// A side in CLOSE_WAIT or FIN_WAIT2 when its record ended: stuck if the capture goes on
+/// long enough after it got there.
+struct StuckSide {
+    id: u64,
+    side: Side,
+    state: TcpState,
+    since: Ts,
+    addr: SockAddr,
+    peer: SockAddr,
+    peer_state: TcpState,
+    server: SockAddr,
+}
+
 /// A side in CLOSE_WAIT at the end, and since when.
-fn stuck_close_wait(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
+fn stuck_close_wait(stuck: &[StuckSide], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
     // Group by who is not closing: a server's address:port, or a client host of a service.
     let mut groups: BTreeMap<String, (Side, EvidenceBuilder, Vec<f64>)> = BTreeMap::new();
-    for c in conns {
-        for side in [Side::Client, Side::Server] {
-            let e = c.end(side);
-            if e.state != TcpState::CloseWait || end.since(e.state_since) < cfg.stuck_after {
-                continue;
-            }
-            let key = match side {
-                Side::Server => e.addr.to_string(),
-                Side::Client => format!("{} (clients of {})", e.addr.ip, server_of(c)),
-            };
-            let g = groups
-                .entry(key)
-                .or_insert_with(|| (side, EvidenceBuilder::default(), Vec::new()));
-            // The peers tell the connections apart (the service is in the key).
-            g.1.add(c.id, c.end(side.other()).addr, e.state_since, end);
-            g.2.push(secs(end.since(e.state_since)));
+    for s in stuck {
+        if s.state != TcpState::CloseWait || end.since(s.since) < cfg.stuck_after {
+            continue;
         }
+        let key = match s.side {
+            Side::Server => s.addr.to_string(),
+            Side::Client => format!("{} (clients of {})", s.addr.ip, s.server),
+        };
+        let g = groups
+            .entry(key)
+            .or_insert_with(|| (s.side, EvidenceBuilder::default(), Vec::new()));
+        // The peers tell the connections apart (the service is in the key).
+        g.1.add_at(s.id, s.side.index() as u8, s.peer, s.since, end);
+        g.2.push(secs(end.since(s.since)));
     }
     for (service, (side, ev, ages)) in groups {
         let n = ages.len() as u64;
@@ -522,22 +762,18 @@ fn stuck_close_wait(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &m
 }
 
 /// FIN_WAIT2 at the end: this side closed, the peer acknowledged but holds its side open.
-fn held_fin_wait2(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
+fn held_fin_wait2(stuck: &[StuckSide], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
     let mut groups: BTreeMap<String, (EvidenceBuilder, u64, u64)> = BTreeMap::new();
-    for c in conns {
-        for side in [Side::Client, Side::Server] {
-            let e = c.end(side);
-            if e.state != TcpState::FinWait2 || end.since(e.state_since) < cfg.stuck_after {
-                continue;
-            }
-            let peer = c.end(side.other());
-            let g = groups
-                .entry(peer.addr.to_string())
-                .or_insert_with(|| (EvidenceBuilder::default(), 0, 0));
-            g.0.add(c.id, e.addr, e.state_since, end);
-            g.1 += 1;
-            g.2 += u64::from(peer.state == TcpState::CloseWait);
+    for s in stuck {
+        if s.state != TcpState::FinWait2 || end.since(s.since) < cfg.stuck_after {
+            continue;
         }
+        let g = groups
+            .entry(s.peer.to_string())
+            .or_insert_with(|| (EvidenceBuilder::default(), 0, 0));
+        g.0.add_at(s.id, s.side.index() as u8, s.addr, s.since, end);
+        g.1 += 1;
+        g.2 += u64::from(s.peer_state == TcpState::CloseWait);
     }
     for (holder, (ev, n, peers_close_wait)) in groups {
         let explained = peers_close_wait == n;
@@ -559,68 +795,119 @@ fn held_fin_wait2(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &mut
     }
 }
 
-/// One endpoint's stay in TIME_WAIT.
+/// One endpoint's stay in TIME_WAIT, in 40 bytes: a capture of short connections has one
+/// for nearly every connection, so addresses are kept once each (hosts and servers repeat).
 struct TimeWaitStay {
     conn: u64,
-    addr: SockAddr,
-    server: SockAddr,
-    is_client: bool,
     start: Ts,
+    /// When `why` is `None`, the end of the capture (set by `Stays::settle`).
     end: Ts,
-    why: TimeWaitEnd,
+    host: u32,
+    server: u32,
+    port: u16,
+    why: Option<TimeWaitEnd>,
+    is_client: bool,
 }
 
-fn time_wait(conns: &[Connection], end: Ts, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
-    let mut stays = Vec::new();
-    for c in conns {
-        for side in [Side::Client, Side::Server] {
-            let e = c.end(side);
-            if let Some(tw) = c.time_wait(side) {
-                let (until, why) = tw.end.unwrap_or((end, TimeWaitEnd::CaptureEnded));
-                stays.push(TimeWaitStay {
-                    conn: c.id,
-                    addr: e.addr,
-                    server: c.end(Side::Server).addr,
-                    is_client: side == Side::Client,
-                    start: tw.start,
-                    end: until,
-                    why,
-                });
-            }
+impl TimeWaitStay {
+    fn why(&self) -> TimeWaitEnd {
+        self.why.unwrap_or(TimeWaitEnd::CaptureEnded)
+    }
+}
+
+#[derive(Default)]
+struct Stays {
+    list: Vec<TimeWaitStay>,
+    hosts: Vec<IpAddr>,
+    host_index: HashMap<IpAddr, u32>,
+    servers: Vec<SockAddr>,
+    server_index: HashMap<SockAddr, u32>,
+}
+
+fn intern<K: Copy + Eq + std::hash::Hash>(
+    list: &mut Vec<K>,
+    index: &mut HashMap<K, u32>,
+    key: K,
+) -> u32 {
+    *index.entry(key).or_insert_with(|| {
+        list.push(key);
+        (list.len() - 1) as u32
+    })
+}
+
+impl Stays {
+    fn add(&mut self, c: &Connection, side: Side, tw: TimeWait) {
+        let addr = c.end(side).addr;
+        let host = intern(&mut self.hosts, &mut self.host_index, addr.ip);
+        let server = intern(&mut self.servers, &mut self.server_index, server_addr(c));
+        let (end, why) = match tw.end {
+            Some((t, why)) => (t, Some(why)),
+            None => (Ts::default(), None),
+        };
+        self.list.push(TimeWaitStay {
+            conn: c.id,
+            start: tw.start,
+            end,
+            host,
+            server,
+            port: addr.port,
+            why,
+            is_client: side == Side::Client,
+        });
+    }
+
+    /// Stays still open when their record ended last until the capture's `end`.
+    fn settle(&mut self, end: Ts) {
+        for s in self.list.iter_mut().filter(|s| s.why.is_none()) {
+            s.end = end;
         }
     }
-    server_closes_first(conns, &stays, out);
-    time_wait_peaks(&stays, cfg, out);
-    time_wait_ports(&stays, cfg, out);
-    time_wait_reuse(&stays, out);
+
+    fn host(&self, s: &TimeWaitStay) -> IpAddr {
+        self.hosts[s.host as usize]
+    }
+
+    fn addr(&self, s: &TimeWaitStay) -> SockAddr {
+        SockAddr {
+            ip: self.host(s),
+            port: s.port,
+        }
+    }
+
+    fn server(&self, s: &TimeWaitStay) -> SockAddr {
+        self.servers[s.server as usize]
+    }
+
+    /// The evidence of the stays in TIME_WAIT at `at`.
+    fn evidence_at(&self, list: &[&TimeWaitStay], at: Ts) -> EvidenceBuilder {
+        let mut ev = EvidenceBuilder::default();
+        for s in list.iter().filter(|s| s.start <= at && at < s.end.max(at)) {
+            ev.add_at(s.conn, u8::from(!s.is_client), self.addr(s), s.start, s.end);
+        }
+        ev
+    }
 }
 
 const TIME_WAIT_FACTS: &str = "TIME_WAIT stays with the side that closed first for 2MSL (60 s on Linux, fixed) so that late segments of the old connection cannot corrupt a new one on the same 4-tuple; it is normal and not a leak. Never use tcp_tw_recycle (it broke clients behind NAT and was removed in Linux 4.12).";
 
-fn server_closes_first(conns: &[Connection], stays: &[TimeWaitStay], out: &mut Vec<Finding>) {
-    let closed = conns
-        .iter()
-        .filter(|c| c.first_closer().is_some() && !c.crossed_fins);
-    for (service, group) in group_by(closed, server_of) {
-        let by_server = group
-            .iter()
-            .filter(|c| c.first_closer() == Some(Side::Server))
-            .count() as u64;
-        let by_client = group.len() as u64 - by_server;
+#[derive(Default)]
+struct Closers {
+    ev: EvidenceBuilder,
+    by_server: u64,
+    by_client: u64,
+}
+
+fn server_closes_first(groups: BTreeMap<SockAddr, Closers>, stays: &Stays, out: &mut Vec<Finding>) {
+    for (server, g) in groups {
+        let (by_server, by_client) = (g.by_server, g.by_client);
         if by_server == 0 || by_server < by_client {
             continue;
         }
-        let mut ev = EvidenceBuilder::default();
-        for c in group
-            .iter()
-            .filter(|c| c.first_closer() == Some(Side::Server))
-        {
-            let fin = c.end(Side::Server).fin_time.get().unwrap_or(c.start);
-            ev.add(c.id, c.end(Side::Server).addr, fin, fin);
-        }
+        let service = server.to_string();
         let server_tw = stays
+            .list
             .iter()
-            .filter(|s| !s.is_client && s.server.to_string() == service)
+            .filter(|s| !s.is_client && stays.server(s) == server)
             .count();
         out.push(Finding {
             severity: Severity::Info,
@@ -631,7 +918,7 @@ fn server_closes_first(conns: &[Connection], stays: &[TimeWaitStay], out: &mut V
                 by_server + by_client
             ),
             count: by_server,
-            evidence: ev.build(),
+            evidence: g.ev.build(),
             details: details(json!({
                 "server_closed_first": by_server,
                 "client_closed_first": by_client,
@@ -646,14 +933,14 @@ fn server_closes_first(conns: &[Connection], stays: &[TimeWaitStay], out: &mut V
 }
 
 /// The highest number of sockets in TIME_WAIT at once among `stays`, and when.
-fn peak<'a>(stays: impl Iterator<Item = &'a TimeWaitStay>) -> (usize, Ts) {
-    let mut edges: Vec<(Ts, i32)> = Vec::new();
+fn peak(stays: &[&TimeWaitStay]) -> (usize, Ts) {
+    let mut edges: Vec<(Ts, i32)> = Vec::with_capacity(stays.len() * 2);
     for s in stays {
         edges.push((s.start, 1));
         edges.push((s.end, -1));
     }
     // Ends before starts at the same instant: a reused port is not counted twice.
-    edges.sort();
+    edges.sort_unstable();
     let (mut now, mut best, mut at) = (0i64, 0i64, Ts::default());
     for (t, d) in edges {
         now += i64::from(d);
@@ -665,23 +952,20 @@ fn peak<'a>(stays: impl Iterator<Item = &'a TimeWaitStay>) -> (usize, Ts) {
     (best.max(0) as usize, at)
 }
 
-fn time_wait_peaks(stays: &[TimeWaitStay], cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
-    let mut hosts: BTreeMap<std::net::IpAddr, Vec<&TimeWaitStay>> = BTreeMap::new();
-    for s in stays {
-        hosts.entry(s.addr.ip).or_default().push(s);
+fn time_wait_peaks(stays: &Stays, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
+    let mut hosts: BTreeMap<IpAddr, Vec<&TimeWaitStay>> = BTreeMap::new();
+    for s in &stays.list {
+        hosts.entry(stays.host(s)).or_default().push(s);
     }
     for (host, list) in hosts {
-        let (most, at) = peak(list.iter().copied());
+        let (most, at) = peak(&list);
         if most < cfg.many_time_wait {
             continue;
         }
-        let mut ev = EvidenceBuilder::default();
-        for s in list.iter().filter(|s| s.start <= at && at < s.end.max(at)) {
-            ev.add(s.conn, s.addr, s.start, s.end);
-        }
+        let ev = stays.evidence_at(&list, at);
         let cut = list
             .iter()
-            .filter(|s| s.why == TimeWaitEnd::CaptureEnded)
+            .filter(|s| s.why() == TimeWaitEnd::CaptureEnded)
             .count();
         out.push(Finding {
             severity: Severity::Info,
@@ -705,23 +989,23 @@ fn time_wait_peaks(stays: &[TimeWaitStay], cfg: &DiagnoseConfig, out: &mut Vec<F
     }
 }
 
-fn time_wait_ports(stays: &[TimeWaitStay], cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
+fn time_wait_ports(stays: &Stays, cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
     let (lo, hi) = cfg.port_range;
     let range = usize::from(hi.saturating_sub(lo)) + 1;
-    let mut triples: BTreeMap<(std::net::IpAddr, SockAddr), Vec<&TimeWaitStay>> = BTreeMap::new();
-    for s in stays.iter().filter(|s| s.is_client) {
-        triples.entry((s.addr.ip, s.server)).or_default().push(s);
+    let mut triples: BTreeMap<(IpAddr, SockAddr), Vec<&TimeWaitStay>> = BTreeMap::new();
+    for s in stays.list.iter().filter(|s| s.is_client) {
+        triples
+            .entry((stays.host(s), stays.server(s)))
+            .or_default()
+            .push(s);
     }
     for ((client, server), list) in triples {
-        let (most, at) = peak(list.iter().copied());
+        let (most, at) = peak(&list);
         let share = most as f64 / range as f64;
         if share < 0.10 {
             continue;
         }
-        let mut ev = EvidenceBuilder::default();
-        for s in list.iter().filter(|s| s.start <= at && at < s.end.max(at)) {
-            ev.add(s.conn, s.addr, s.start, s.end);
-        }
+        let ev = stays.evidence_at(&list, at);
         out.push(Finding {
             severity: if share >= 0.5 { Severity::Critical } else { Severity::Warning },
             kind: "time_wait_ports",
@@ -747,11 +1031,17 @@ fn time_wait_ports(stays: &[TimeWaitStay], cfg: &DiagnoseConfig, out: &mut Vec<F
     }
 }
 
-fn time_wait_reuse(stays: &[TimeWaitStay], out: &mut Vec<Finding>) {
+fn time_wait_reuse(stays: &Stays, out: &mut Vec<Finding>) {
     let mut groups: BTreeMap<SockAddr, (EvidenceBuilder, Vec<f64>)> = BTreeMap::new();
-    for s in stays.iter().filter(|s| s.why == TimeWaitEnd::Reused) {
-        let g = groups.entry(s.server).or_default();
-        g.0.add(s.conn, s.addr, s.start, s.end);
+    for s in stays.list.iter().filter(|s| s.why() == TimeWaitEnd::Reused) {
+        let g = groups.entry(stays.server(s)).or_default();
+        g.0.add_at(
+            s.conn,
+            u8::from(!s.is_client),
+            stays.addr(s),
+            s.start,
+            s.end,
+        );
         g.1.push(secs(s.end.since(s.start)));
     }
     for (server, (ev, ages)) in groups {
@@ -774,33 +1064,46 @@ fn time_wait_reuse(stays: &[TimeWaitStay], out: &mut Vec<Finding>) {
     }
 }
 
-fn slow_handshakes(conns: &[Connection], cfg: &DiagnoseConfig, out: &mut Vec<Finding>) {
-    let done = conns
-        .iter()
-        .filter(|c| c.handshake() == Handshake::Completed);
-    for (service, group) in group_by(done, server_of) {
-        let mut times = Vec::new();
-        let mut ev = EvidenceBuilder::default();
-        let (mut syn_rtx, mut synack_rtx, mut slow) = (0u64, 0u64, 0u64);
-        for c in &group {
-            let (Some(syn), Some(est)) = (c.syn_first(Side::Client).get(), c.handshake_done.get())
-            else {
-                continue;
-            };
-            let t = est.since(syn);
-            times.push(secs(t));
-            let rtx = c.syn_retransmits(Side::Client) > 0 || c.synack_retransmits(Side::Server) > 0;
-            syn_rtx += u64::from(c.syn_retransmits(Side::Client) > 0);
-            synack_rtx += u64::from(c.synack_retransmits(Side::Server) > 0);
-            if rtx || t >= cfg.slow_handshake {
-                slow += 1;
-                ev.add(c.id, c.end(Side::Client).addr, syn, est);
-            }
+/// Completed handshakes with one server: every time (for the median), the slow ones' evidence.
+#[derive(Default)]
+struct Handshakes {
+    times: Vec<f64>,
+    ev: EvidenceBuilder,
+    syn_rtx: u64,
+    synack_rtx: u64,
+}
+
+impl Handshakes {
+    fn add(&mut self, c: &Connection, slow: Dur) {
+        let (Some(syn), Some(est)) = (c.syn_first(Side::Client).get(), c.handshake_done.get())
+        else {
+            return;
+        };
+        let t = est.since(syn);
+        self.times.push(secs(t));
+        let syn_rtx = c.syn_retransmits(Side::Client) > 0;
+        let synack_rtx = c.synack_retransmits(Side::Server) > 0;
+        self.syn_rtx += u64::from(syn_rtx);
+        self.synack_rtx += u64::from(synack_rtx);
+        if syn_rtx || synack_rtx || t >= slow {
+            self.ev.add(c.id, c.end(Side::Client).addr, syn, est);
         }
+    }
+}
+
+fn slow_handshakes(
+    groups: BTreeMap<SockAddr, Handshakes>,
+    cfg: &DiagnoseConfig,
+    out: &mut Vec<Finding>,
+) {
+    for (server, g) in groups {
+        let slow = g.ev.total as u64;
         if slow == 0 {
             continue;
         }
-        let d = Distribution::of(times);
+        let service = server.to_string();
+        let (syn_rtx, synack_rtx) = (g.syn_rtx, g.synack_rtx);
+        let d = Distribution::of(g.times);
         out.push(Finding {
             severity: Severity::Warning,
             kind: "slow_handshake",
@@ -812,7 +1115,7 @@ fn slow_handshakes(conns: &[Connection], cfg: &DiagnoseConfig, out: &mut Vec<Fin
                 d.max.unwrap_or(0.0)
             ),
             count: slow,
-            evidence: ev.build(),
+            evidence: g.ev.build(),
             details: details(json!({
                 "handshake_time_s": d,
                 "with_syn_retransmission": syn_rtx,
@@ -827,66 +1130,9 @@ fn slow_handshakes(conns: &[Connection], cfg: &DiagnoseConfig, out: &mut Vec<Fin
     }
 }
 
-/// Rarer events and the counters of packets the engine could not use.
-fn oddities(outcome: &Outcome, out: &mut Vec<Finding>) {
-    let conns = &outcome.connections;
-    let mut simple = |kind: &'static str,
-                      pick: &dyn Fn(&Connection) -> bool,
-                      summary: &dyn Fn(u64) -> String,
-                      cause: &str,
-                      check: &str| {
-        let mut ev = EvidenceBuilder::default();
-        for c in conns.iter().filter(|c| pick(c)) {
-            ev.add(c.id, c.end(Side::Server).addr, c.start, c.last);
-        }
-        if ev.total == 0 {
-            return;
-        }
-        let n = ev.total as u64;
-        out.push(Finding {
-            severity: Severity::Info,
-            kind,
-            service: None,
-            summary: summary(n),
-            count: n,
-            evidence: ev.build(),
-            details: Map::new(),
-            cause: cause.into(),
-            check: check.into(),
-        });
-    };
-    simple(
-        "simultaneous_open",
-        &|c| c.simultaneous_open,
-        &|n| format!("{n} connection(s) opened simultaneously (both sides sent a SYN)"),
-        "Two sockets connected to each other at the same moment (peer-to-peer hole punching, or a client bound to a fixed port reconnecting to a peer doing the same); rare in client/server traffic.",
-        "`tcpstate explain` one of them to see the crossed SYNs.",
-    );
-    simple(
-        "simultaneous_close",
-        &|c| c.crossed_fins,
-        &|n| {
-            format!(
-                "{n} connection(s) closed simultaneously (the FINs crossed; both sides went through CLOSING)"
-            )
-        },
-        "Both applications closed at about the same time; both sides then keep a TIME_WAIT.",
-        "Nothing to fix; it explains TIME_WAIT on both hosts.",
-    );
-    simple(
-        "midstream",
-        &|c| c.partial,
-        &|n| {
-            format!("{n} connection(s) were picked up mid-stream (their SYN is not in the capture)")
-        },
-        "The capture started after these connections opened; their handshake facts are unknown and their direction may be guessed from the ports.",
-        "Start the capture before the connections of interest open.",
-    );
+/// The counters of packets the engine could not use, and segments no rule explained.
+fn capture_problems(outcome: &Outcome, unexplained: u64, out: &mut Vec<Finding>) {
     let p = &outcome.packets;
-    let unexplained: u64 = conns
-        .iter()
-        .map(|c| u64::from(c.anomalies().unexplained))
-        .sum();
     let counters = [
         ("undecodable", p.undecodable_total()),
         ("timestamps_backwards", p.time_went_backwards),
@@ -895,26 +1141,76 @@ fn oddities(outcome: &Outcome, out: &mut Vec<Finding>) {
         ("segments_without_rule", unexplained),
     ];
     let nonzero: Vec<_> = counters.iter().filter(|(_, n)| *n > 0).collect();
-    if !nonzero.is_empty() {
-        let total: u64 = nonzero.iter().map(|(_, n)| n).sum();
-        let mut det = Map::new();
-        for (k, n) in &nonzero {
-            det.insert((*k).into(), (*n).into());
+    if nonzero.is_empty() {
+        return;
+    }
+    let total: u64 = nonzero.iter().map(|(_, n)| n).sum();
+    let mut det = Map::new();
+    for (k, n) in &nonzero {
+        det.insert((*k).into(), (*n).into());
+    }
+    let words: Vec<String> = nonzero
+        .iter()
+        .map(|(k, n)| format!("{n} {}", k.replace('_', " ")))
+        .collect();
+    out.push(Finding {
+        severity: Severity::Info,
+        kind: "capture_problems",
+        service: None,
+        summary: format!("{total} packet(s) could not be used fully: {}", words.join(", ")),
+        count: total,
+        evidence: EvidenceBuilder::default().build(),
+        details: det,
+        cause: "Truncated or malformed frames, clock steps in the capture, link types or fragments tcpstate does not follow, or segments that fit no state (loss before the capture point, or a middlebox).".into(),
+        check: "The per-reason counts are printed on standard error after every command; capture with a snap length of at least 128 bytes and on one interface.".into(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn endpoint(port: u16) -> SockAddr {
+        SockAddr {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
         }
-        let words: Vec<String> = nonzero
-            .iter()
-            .map(|(k, n)| format!("{n} {}", k.replace('_', " ")))
-            .collect();
-        out.push(Finding {
-            severity: Severity::Info,
-            kind: "capture_problems",
-            service: None,
-            summary: format!("{total} packet(s) could not be used fully: {}", words.join(", ")),
-            count: total,
-            evidence: EvidenceBuilder::default().build(),
-            details: det,
-            cause: "Truncated or malformed frames, clock steps in the capture, link types or fragments tcpstate does not follow, or segments that fit no state (loss before the capture point, or a middlebox).".into(),
-            check: "The per-reason counts are printed on standard error after every command; capture with a snap length of at least 128 bytes and on one interface.".into(),
-        });
+    }
+
+    proptest! {
+        /// Fed in any order, the evidence lists what a pass in (id, place) order lists first:
+        /// the first 20 distinct ids and the first 10 distinct endpoints met.
+        #[test]
+        fn evidence_does_not_depend_on_the_order_records_come_in(
+            (adds, order) in proptest::collection::btree_map((0u64..80, 0u8..2), 0u16..30, 0..200)
+                .prop_flat_map(|m| {
+                    let adds: Vec<((u64, u8), u16)> = m.into_iter().collect();
+                    let order: Vec<usize> = (0..adds.len()).collect();
+                    (Just(adds), Just(order).prop_shuffle())
+                })
+        ) {
+            let (mut ids, mut endpoints) = (Vec::new(), Vec::new());
+            for &((id, _), port) in &adds {
+                if ids.len() < EVIDENCE_IDS && !ids.contains(&id) {
+                    ids.push(id);
+                }
+                let ep = endpoint(port).to_string();
+                if endpoints.len() < EVIDENCE_ENDPOINTS && !endpoints.contains(&ep) {
+                    endpoints.push(ep);
+                }
+            }
+            let mut ev = EvidenceBuilder::default();
+            for &i in &order {
+                let ((id, place), port) = adds[i];
+                let t = Ts(id as i64);
+                ev.add_at(id, place, endpoint(port), t, t);
+            }
+            let built = ev.build();
+            prop_assert_eq!(built.connections, ids);
+            prop_assert_eq!(built.endpoints, endpoints);
+            prop_assert_eq!(built.connections_total, adds.len());
+        }
     }
 }
