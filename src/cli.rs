@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing, running a command, exit codes.
 
+use hashbrown::HashMap;
 use std::cell::RefCell;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -21,6 +22,7 @@ use crate::pipeline::sharded::{self, MergedSink};
 use crate::pipeline::{Engine, Front, Outcome, Watch};
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::{self, conns, diagnose, events, explain, states};
+use crate::tcp::machine::Event;
 use crate::time::{Dur, Ts, parse_time_arg};
 use crate::zeek::{self, ZeekConfig, ZeekTracker};
 
@@ -1232,12 +1234,15 @@ impl Watcher for EventsFirstRead {
 
 /// `events` from files, second read: transitions written in time order as reading goes
 /// on. Those found are held until no transition still to be found can come before them
-/// (`Engine::transition_watermark`), then sorted and written.
+/// (`Engine::transition_watermark_ahead`), then sorted and written.
 struct EventsFileStream<'a> {
     stream: Stream,
     format: Format,
     first: &'a EventsFirstRead,
     held: Vec<Transition>,
+    /// Timer transitions taken ahead of the engine (a bit per side, by connection id): the
+    /// engine's own, when the timers run, are dropped.
+    ahead: HashMap<u64, u8>,
     /// Held transitions that make the next look for what can be written worth it.
     write_at: usize,
     write_at_least: usize,
@@ -1253,11 +1258,31 @@ impl EventsFileStream<'_> {
             format,
             first,
             held: Vec::new(),
+            ahead: HashMap::new(),
             write_at: write_every,
             write_at_least: write_every,
             csv_header_written: false,
             line: Vec::with_capacity(1 << 16),
             json: report::json::RowWriter::default(),
+        }
+    }
+
+    /// Holds transitions the engine found, without the timers' taken ahead.
+    fn hold(&mut self, found: Vec<Transition>) {
+        for t in found {
+            let timer =
+                t.packet == 0 && matches!(t.event, Event::TimeWaitExpired | Event::HandshakeGaveUp);
+            if timer && let Some(sides) = self.ahead.get_mut(&t.conn_id) {
+                let bit = 1 << t.side.index();
+                if *sides & bit != 0 {
+                    *sides &= !bit;
+                    if *sides == 0 {
+                        self.ahead.remove(&t.conn_id);
+                    }
+                    continue;
+                }
+            }
+            self.held.push(t);
         }
     }
 
@@ -1269,7 +1294,8 @@ impl EventsFileStream<'_> {
         let mut flow = ControlFlow::Continue(());
         let mut rows = Vec::new();
         let mut held = std::mem::take(&mut self.held);
-        for (i, t) in held[..cut].iter().enumerate() {
+        for t in &held[..cut] {
+            // Not reported: an attempt evicted under --max-conns, which has no record.
             let Some(facts) = self.first.facts(t.conn_id) else {
                 continue;
             };
@@ -1282,20 +1308,23 @@ impl EventsFileStream<'_> {
                 Format::Json => self.json.event_row(t, &facts),
                 Format::Csv => rows.push(events::event_row_of(t, &facts)),
             }
-            if self.line.len() + self.json.bytes().len() >= 1 << 16
-                || rows.len() >= 4096
-                || i + 1 == cut
-            {
+            if self.line.len() + self.json.bytes().len() >= 1 << 16 || rows.len() >= 4096 {
                 flow = self.write_out(&mut rows);
                 if flow.is_break() {
                     break;
                 }
             }
         }
+        // What is left: the CSV rows are this call's own (a CSV file used to lose them when
+        // the last transitions held were of an evicted attempt).
+        if flow.is_continue() {
+            flow = self.write_out(&mut rows);
+        }
         held.drain(..cut);
         self.held = held;
         // The next look when the held ones have doubled: each costs a pass over the live
-        // records, and a stuck watermark (a timer long overdue) must not make it constant.
+        // records, and a watermark held back (by an idle deadline a sweep has not reached
+        // yet) must not make it constant.
         self.write_at = self.write_at_least.max(2 * self.held.len());
         flow
     }
@@ -1320,16 +1349,33 @@ impl EventsFileStream<'_> {
 impl Watcher for EventsFileStream<'_> {
     fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
         if engine.has_transitions() {
-            self.held.extend(engine.take_transitions());
+            let found = engine.take_transitions();
+            self.hold(found);
         }
         if engine.has_ended() {
             // Their facts came from the first read.
             drop(engine.take_ended());
         }
-        if self.held.len() < self.write_at {
+        // A look costs a pass over the live records: not more often than once per half of
+        // them in transitions (except when tests ask for a look after every packet).
+        let spread = if self.write_at_least > 1 {
+            engine.live_connections() / 4
+        } else {
+            0
+        };
+        if self.held.len() < self.write_at.max(spread) {
             return ControlFlow::Continue(());
         }
-        let until = engine.transition_watermark();
+        let mut early = Vec::new();
+        let ahead = &self.ahead;
+        let until = engine.transition_watermark_ahead(
+            |id| ahead.get(&id).copied().unwrap_or(0),
+            |t| early.push(t),
+        );
+        for t in early {
+            *self.ahead.entry(t.conn_id).or_default() |= 1 << t.side.index();
+            self.held.push(t);
+        }
         self.write_before(until)
     }
     fn at_end(&mut self, engine: &mut Engine) {
@@ -1388,7 +1434,7 @@ impl IntervalCounts {
             let mut lines: Vec<Ts> = engine
                 .connections()
                 .filter(|c| host.is_none_or(|h| c.ends.iter().any(|e| h.keeps(e.addr))))
-                .flat_map(|c| c.timer_deadlines(&engine.cfg))
+                .flat_map(|c| c.timers(&engine.cfg).map(|(_, at)| at))
                 .filter(|d| *d > first && *d <= last)
                 // d > first: the next boundary at or after d.
                 .map(|d| Ts(first.0 + (d.0 - first.0 - 1) / every * every + every))
@@ -2017,7 +2063,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 let _ = streaming.stream.write(|out| header.write_header(out));
             }
             let (mut outcome, source_end) = run_engine(&args.input, keep(), &mut streaming)?;
-            streaming.held.append(&mut outcome.transitions);
+            streaming.hold(std::mem::take(&mut outcome.transitions));
             let _ = streaming.write_before(None);
             streaming.stream.finish()?;
             report_counters(args.input.quiet, &outcome, &source_end);

@@ -15,6 +15,7 @@ use tcpstate::capture::file::read_files;
 use tcpstate::flow::EngineConfig;
 use tcpstate::pipeline::Engine;
 use tcpstate::report::{self, events, json};
+use tcpstate::tcp::machine::Event;
 
 /// Every capture in `pcaps/` and under `tests/`.
 fn captures() -> Vec<PathBuf> {
@@ -177,4 +178,116 @@ fn a_timer_found_late_is_written_in_time_order() {
         streamed.stdout
     );
     assert_eq!(streamed.stdout, held.stdout);
+}
+
+/// Attempts evicted under `--max-conns` have no record and are not reported: streamed from a
+/// file, the rows around them must still all be written (CSV rows after the last reported
+/// transition of a look used to be lost when the look ended on an evicted attempt's).
+#[test]
+fn rows_around_evicted_attempts_are_all_written() {
+    let server = "10.0.0.2:80";
+    let mut recs = Vec::new();
+    for i in 0..40u64 {
+        // An unanswered SYN, then a whole connection, from ports of their own.
+        let lone = format!("10.0.0.1:{}", 20000 + i);
+        recs.push(rec_at(i * 10, tcp_frame(&lone, server, 0x02, 1000, 0, 0)));
+        let client = format!("10.0.0.1:{}", 30000 + i);
+        let t = i * 10 + 1;
+        recs.extend(opened_and_closed(
+            &client,
+            server,
+            (5000, 9000),
+            [t, t + 1, t + 2, t + 3, t + 4, t + 5],
+        ));
+    }
+    recs.sort_by_key(|r| r.nanos());
+    let dir = std::env::temp_dir().join(format!("tcpstate-evicted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("evicted.pcap");
+    std::fs::write(&path, pcap_bytes(&recs)).unwrap();
+    let file = path.display().to_string();
+    let bytes = std::fs::read(&path).unwrap();
+    for format in ["text", "json", "csv"] {
+        let base = ["events", "-q", "--max-conns", "4", "--format", format];
+        let held = tcpstate_with_stdin(&[&base[..], &["-r", "/dev/stdin"]].concat(), Some(&bytes));
+        assert_eq!(held.code, 0, "{}", held.stderr);
+        // Every whole connection's opening is reported.
+        let opened = held.stdout.matches("sent_syn_ack").count();
+        assert!(
+            opened >= 40,
+            "{format}: {opened} openings in {}",
+            held.stdout
+        );
+        for every in ["1", "3", "65536"] {
+            let streamed = tcpstate(&[&base[..], &["--write-every", every, "-r", &file]].concat());
+            assert_eq!(
+                streamed.stdout, held.stdout,
+                "{format}, a look every {every}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A timer run out but not run yet (nothing looks at its record until its next packet, its
+/// idle end or the end of input) no longer holds back what can be written: its transition is
+/// handed over ahead, once, and is the one the engine makes when the timer runs.
+#[test]
+fn an_overdue_timer_is_taken_ahead_once() {
+    let server = "10.0.0.2:80";
+    // An unanswered SYN at 0: with no retransmission by 2.4 s its sender has given up.
+    let mut recs = vec![rec_at(
+        0,
+        tcp_frame("10.0.0.1:20000", server, 0x02, 7, 0, 0),
+    )];
+    // Another connection goes on to 5 s.
+    recs.extend(opened_and_closed(
+        "10.0.0.1:30000",
+        server,
+        (100, 200),
+        [100, 101, 102, 4000, 4100, 5000],
+    ));
+    let bytes = pcap_bytes(&recs);
+    let mut engine = Engine::new(EngineConfig::default()).record_transitions(true);
+    let read = tcpstate::capture::file::read_from(
+        "synthetic",
+        &bytes[..],
+        &mut ContainerCounters::default(),
+        &mut |pkt| {
+            engine.process(pkt);
+            std::ops::ControlFlow::Continue(())
+        },
+    );
+    assert!(read.is_ok());
+    let found = engine.take_transitions();
+    assert!(found.iter().all(|t| t.event != Event::HandshakeGaveUp));
+    let mut ahead = Vec::new();
+    let mark = engine.transition_watermark_ahead(|_| 0, |t| ahead.push(t));
+    assert_eq!(
+        mark,
+        engine.now(),
+        "the overdue give-up no longer holds it back"
+    );
+    assert_eq!(ahead.len(), 1, "{ahead:?}");
+    let gave_up = ahead[0];
+    assert_eq!(gave_up.event, Event::HandshakeGaveUp);
+    assert_eq!(gave_up.ts.0 - recs[0].nanos() as i64, 2_400_000_000);
+    // Taken already: not handed over again.
+    let side_bit = 1 << gave_up.side.index();
+    let mut again = Vec::new();
+    engine.transition_watermark_ahead(
+        |id| if id == gave_up.conn_id { side_bit } else { 0 },
+        |t| again.push(t),
+    );
+    assert!(again.is_empty(), "{again:?}");
+    // When the timer runs (here at the end), the engine makes the same transition.
+    let outcome = engine.finish();
+    assert_eq!(
+        outcome
+            .transitions
+            .iter()
+            .filter(|t| t.event == Event::HandshakeGaveUp)
+            .collect::<Vec<_>>(),
+        vec![&gave_up]
+    );
 }

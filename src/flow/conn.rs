@@ -827,12 +827,11 @@ impl Connection {
         }
     }
 
-    /// When the timers running now run out (what `state_at` changes at).
-    pub fn timer_deadlines<'a>(&'a self, cfg: &'a EngineConfig) -> impl Iterator<Item = Ts> + 'a {
+    /// The sides whose timers run now, and when each runs out (what `state_at` changes at).
+    pub fn timers<'a>(&'a self, cfg: &'a EngineConfig) -> impl Iterator<Item = (Side, Ts)> + 'a {
         self.timed_sides()
             .iter()
-            .filter_map(move |&side| self.running_timer(side, cfg))
-            .map(|(_, at)| at)
+            .filter_map(move |&side| self.running_timer(side, cfg).map(|(_, at)| (side, at)))
     }
 
     /// The ends whose timers run: both, or for a socket connected to itself its one socket
@@ -859,15 +858,6 @@ impl Connection {
                 .map(|at| (Event::HandshakeGaveUp, at)),
             _ => None,
         }
-    }
-
-    /// The earliest time a transition of this record not found yet can carry: a timer that
-    /// runs out (TIME_WAIT expiry, handshake give-up) or the idle deadline, when a sweep ends
-    /// the record. Run late (at the record's next packet, or a sweep), a timer's transition
-    /// still carries its own time; every other transition carries its packet's.
-    pub fn next_deadline(&self, cfg: &EngineConfig) -> Ts {
-        self.timer_deadlines(cfg)
-            .fold(self.idle_deadline(cfg), Ts::min)
     }
 
     /// The state `side` would be in at `now` (not before its last packet) if no packet came

@@ -312,17 +312,48 @@ impl Engine {
         self.table.find(key)
     }
 
-    /// A time no transition found from now on can be earlier than: the clock, or the
-    /// earliest timer or idle deadline of a live record, run late (a look at every record).
-    /// Transitions before it can be written in time order while reading goes on.
-    pub fn transition_watermark(&self) -> Option<Ts> {
+    /// A time no transition found from now on can be earlier than, for a reader that takes
+    /// ahead the transitions of timers run out but not run yet: a timer runs at its record's
+    /// next packet, when the record ends, or at the end of input, and its transition carries
+    /// its own earlier time, so an overdue timer would hold the watermark back until then (on
+    /// a SYN flood, the give-up timers of every unanswered attempt: most of the capture).
+    /// Each such transition is handed to `ahead`, except for the sides `taken(conn_id)` (a
+    /// bit per side, `1 << side.index()`) says were handed over before; the engine still makes
+    /// them when the timers run, and the reader drops those it took ahead. Then the
+    /// watermark is the clock, or the earliest timer or idle deadline of a live record still
+    /// to come (a look at every record).
+    pub fn transition_watermark_ahead(
+        &self,
+        taken: impl Fn(u64) -> u8,
+        mut ahead: impl FnMut(Transition),
+    ) -> Option<Ts> {
         let now = self.now()?;
-        Some(
-            self.table
-                .live()
-                .map(|c| c.next_deadline(&self.cfg))
-                .fold(now, Ts::min),
-        )
+        let mut mark = now;
+        let mut found = Vec::new();
+        for c in self.table.live() {
+            mark = mark.min(c.idle_deadline(&self.cfg));
+            let mut overdue = 0u8;
+            for (side, at) in c.timers(&self.cfg) {
+                if at <= now {
+                    overdue |= 1 << side.index();
+                } else {
+                    mark = mark.min(at);
+                }
+            }
+            let taken = if overdue == 0 { 0 } else { taken(c.id) };
+            if overdue & !taken == 0 {
+                continue;
+            }
+            // What running the timers now makes, without changing the record.
+            c.clone()
+                .advance_time(now, &self.cfg, &mut Some(&mut found));
+            for t in found.drain(..) {
+                if taken & (1 << t.side.index()) == 0 {
+                    ahead(t);
+                }
+            }
+        }
+        Some(mark)
     }
 
     /// Whether `take_ended` has records to give (cheap, for a check after every packet).
