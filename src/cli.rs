@@ -1557,14 +1557,26 @@ fn finish_status(fault: Option<String>) -> Result<(), Failure> {
 }
 
 /// `conns --format zeek`: Zeek's own connection model (`crate::zeek`) over the same input,
-/// written as a conn.log. The counters on stderr are the container's and the filter's.
+/// written as a conn.log: each row as Zeek removes its connection (held rows would make the
+/// memory grow with the capture), then those still open at the end. The counters on stderr
+/// are the container's and the filter's.
 fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
     let mut filter = compile_filter(input)?;
     let mut tracker = ZeekTracker::new(ZeekConfig {
         ignore_checksums,
         ..ZeekConfig::default()
     });
-    let (mut packets, mut filtered) = (0u64, 0u64);
+    let epoch_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let mut stream = Stream::new(input.interface.is_some());
+    let _ = stream.write(|out| zeek::write_header(out, epoch_now()));
+    let write_rows = |stream: &mut Stream, rows: &[zeek::ZeekConn]| {
+        stream.write(|out| rows.iter().try_for_each(|r| zeek::write_row(out, r)))
+    };
+    let (mut packets, mut filtered, mut logged) = (0u64, 0u64, 0usize);
     let source_end = read_source(
         input,
         &mut |pkt| {
@@ -1573,18 +1585,23 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
                 && !f.matches(pkt.linktype, pkt.data)
             {
                 filtered += 1;
-            } else {
-                tracker.process(pkt);
+                return ControlFlow::Continue(());
             }
-            ControlFlow::Continue(())
+            tracker.process(pkt);
+            if !tracker.has_finished() {
+                return ControlFlow::Continue(());
+            }
+            let rows = tracker.take_finished();
+            logged += rows.len();
+            write_rows(&mut stream, &rows)
         },
         &mut |_| (ControlFlow::Continue(()), None),
     )?;
     let rows = tracker.finish();
-    let opened = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    write_out(|out| zeek::write_conn_log(out, &rows, opened))?;
+    logged += rows.len();
+    let _ = write_rows(&mut stream, &rows);
+    let _ = stream.write(|out| zeek::write_close(out, epoch_now()));
+    stream.finish()?;
     if !input.quiet {
         let mut err = io::stderr().lock();
         let _ = writeln!(err, "tcpstate: {packets:>10}  packets read");
@@ -1594,11 +1611,7 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
                 "tcpstate: {filtered:>10}  filtered out by the expression"
             );
         }
-        let _ = writeln!(
-            err,
-            "tcpstate: {:>10}  connections (Zeek's rules)",
-            rows.len()
-        );
+        let _ = writeln!(err, "tcpstate: {logged:>10}  connections (Zeek's rules)");
     }
     report_live_counts(input.quiet, source_end.live.as_ref());
     finish_status(source_end.fault)

@@ -103,6 +103,64 @@ fn addr(ip: IpAddr) -> String {
     ip.to_string()
 }
 
+/// Writes the `conn.log` header; `open_time` (epoch seconds) goes into `#open`.
+pub fn write_header(out: &mut dyn Write, open_time: f64) -> io::Result<()> {
+    writeln!(out, "#separator \\x09")?;
+    writeln!(out, "#set_separator\t,")?;
+    writeln!(out, "#empty_field\t(empty)")?;
+    writeln!(out, "#unset_field\t-")?;
+    writeln!(out, "#path\tconn")?;
+    writeln!(out, "#open\t{}", format_zeek_time(open_time))?;
+    writeln!(out, "#fields\t{}", FIELDS.join("\t"))?;
+    writeln!(out, "#types\t{}", TYPES.join("\t"))
+}
+
+/// Writes one `conn.log` row.
+pub fn write_row(out: &mut dyn Write, c: &ZeekConn) -> io::Result<()> {
+    let logged_span = c.duration_us > 0;
+    let opt = |v: u64| {
+        if logged_span {
+            v.to_string()
+        } else {
+            "-".to_string()
+        }
+    };
+    let history = if c.history.is_empty() {
+        "-"
+    } else {
+        &c.history
+    };
+    writeln!(
+        out,
+        "{}\t{}\t{}\t{}\t{}\t{}\ttcp\t-\t{}\t{}\t{}\t{}\t-\t-\t{}\t{}\t{}\t{}\t{}\t{}\t-",
+        format_micros(c.ts_us),
+        c.uid,
+        addr(c.orig.ip),
+        c.orig.port,
+        addr(c.resp.ip),
+        c.resp.port,
+        if logged_span {
+            format_micros(c.duration_us)
+        } else {
+            "-".to_string()
+        },
+        opt(c.orig_bytes),
+        opt(c.resp_bytes),
+        c.conn_state,
+        c.missed_bytes,
+        history,
+        c.orig_pkts,
+        c.orig_ip_bytes,
+        c.resp_pkts,
+        c.resp_ip_bytes,
+    )
+}
+
+/// Writes `#close` with `close_time` (epoch seconds).
+pub fn write_close(out: &mut dyn Write, close_time: f64) -> io::Result<()> {
+    writeln!(out, "#close\t{}", format_zeek_time(close_time))
+}
+
 /// Writes `conn.log` rows one at a time, so a long capture can stream its output.
 pub struct ConnLogWriter<'w> {
     out: &'w mut dyn Write,
@@ -111,60 +169,17 @@ pub struct ConnLogWriter<'w> {
 impl<'w> ConnLogWriter<'w> {
     /// Writes the header; `open_time` (epoch seconds) goes into `#open`.
     pub fn new(out: &'w mut dyn Write, open_time: f64) -> io::Result<Self> {
-        writeln!(out, "#separator \\x09")?;
-        writeln!(out, "#set_separator\t,")?;
-        writeln!(out, "#empty_field\t(empty)")?;
-        writeln!(out, "#unset_field\t-")?;
-        writeln!(out, "#path\tconn")?;
-        writeln!(out, "#open\t{}", format_zeek_time(open_time))?;
-        writeln!(out, "#fields\t{}", FIELDS.join("\t"))?;
-        writeln!(out, "#types\t{}", TYPES.join("\t"))?;
+        write_header(out, open_time)?;
         Ok(ConnLogWriter { out })
     }
 
     pub fn write_row(&mut self, c: &ZeekConn) -> io::Result<()> {
-        let logged_span = c.duration_us > 0;
-        let opt = |v: u64| {
-            if logged_span {
-                v.to_string()
-            } else {
-                "-".to_string()
-            }
-        };
-        let history = if c.history.is_empty() {
-            "-"
-        } else {
-            &c.history
-        };
-        writeln!(
-            self.out,
-            "{}\t{}\t{}\t{}\t{}\t{}\ttcp\t-\t{}\t{}\t{}\t{}\t-\t-\t{}\t{}\t{}\t{}\t{}\t{}\t-",
-            format_micros(c.ts_us),
-            c.uid,
-            addr(c.orig.ip),
-            c.orig.port,
-            addr(c.resp.ip),
-            c.resp.port,
-            if logged_span {
-                format_micros(c.duration_us)
-            } else {
-                "-".to_string()
-            },
-            opt(c.orig_bytes),
-            opt(c.resp_bytes),
-            c.conn_state,
-            c.missed_bytes,
-            history,
-            c.orig_pkts,
-            c.orig_ip_bytes,
-            c.resp_pkts,
-            c.resp_ip_bytes,
-        )
+        write_row(self.out, c)
     }
 
     /// Writes `#close` with `close_time` (epoch seconds).
     pub fn close(self, close_time: f64) -> io::Result<()> {
-        writeln!(self.out, "#close\t{}", format_zeek_time(close_time))
+        write_close(self.out, close_time)
     }
 }
 

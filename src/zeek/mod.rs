@@ -38,7 +38,9 @@ mod tracker;
 mod tests;
 
 pub use conn::ConnState;
-pub use log::{ConnLogWriter, format_zeek_time, write_conn_log};
+pub use log::{
+    ConnLogWriter, format_zeek_time, write_close, write_conn_log, write_header, write_row,
+};
 pub use tracker::ZeekTracker;
 
 use crate::decode::SockAddr;

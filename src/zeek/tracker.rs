@@ -100,6 +100,11 @@ impl ZeekTracker {
         }
     }
 
+    /// Whether `take_finished` has rows to give (cheap, for a check after every packet).
+    pub fn has_finished(&self) -> bool {
+        !self.finished.is_empty()
+    }
+
     /// Rows of connections that ended so far (removed from the table), in removal order.
     /// Calling it hands them over; [`ZeekTracker::finish`] returns the rest.
     pub fn take_finished(&mut self) -> Vec<ZeekConn> {
