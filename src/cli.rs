@@ -1474,6 +1474,20 @@ impl IntervalCounts {
 }
 
 impl Watcher for IntervalCounts {
+    /// The counts are of the live records: those that ended are dropped as they end.
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if engine.has_ended() {
+            drop(engine.take_ended());
+        }
+        ControlFlow::Continue(())
+    }
+    fn at_finish(&mut self, _conn: Connection) -> Option<Connection> {
+        None
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
+    }
+
     /// The last line: the end of the input, unless a line already covered it.
     fn at_end(&mut self, engine: &mut Engine) {
         if let (Some(end), Some(next)) = (engine.now(), self.next)

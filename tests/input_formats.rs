@@ -1001,7 +1001,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // 12: broken pipe
 
-/// mixed.pcap `copies` times over, each copy between other addresses (127.k.0.1) and an hour
+/// mixed.pcap `copies` times over, each copy between other addresses (127.k.0.1) and 1000 s
 /// later: enough output to overrun any pipe buffer.
 fn big_capture_of(dir: &Dir, copies: u8) -> PathBuf {
     let recs = read_pcap("mixed.pcap");
