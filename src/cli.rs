@@ -127,7 +127,8 @@ pub struct InputArgs {
     pub time_wait: f64,
     /// Track at most N connections at once (0: no limit): when full, the least recently
     /// active eighth is evicted (counted; half-open attempts are only counted, per server, to
-    /// bound memory under a SYN flood).
+    /// bound memory under a SYN flood). With --format zeek, evicted connections are logged
+    /// as they stand.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS)]
     pub max_conns: usize,
     /// Stop tracking a connection silent for longer than this, by the state of its most open
@@ -1578,6 +1579,7 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
     let mut filter = compile_filter(input)?;
     let mut tracker = ZeekTracker::new(ZeekConfig {
         ignore_checksums,
+        max_conns: Some(input.max_conns).filter(|n| *n > 0),
         ..ZeekConfig::default()
     });
     let epoch_now = || {
@@ -1611,6 +1613,7 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
         },
         &mut |_| (ControlFlow::Continue(()), None),
     )?;
+    let tracker_evicted = tracker.evicted();
     let rows = tracker.finish();
     logged += rows.len();
     let _ = write_rows(&mut stream, &rows);
@@ -1626,6 +1629,13 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
             );
         }
         let _ = writeln!(err, "tcpstate: {logged:>10}  connections (Zeek's rules)");
+    }
+    let evicted = tracker_evicted;
+    if evicted > 0 {
+        eprintln!(
+            "tcpstate: warning: {evicted} connections logged early, as they stood: more than --max-conns {} were open at once (Zeek would keep them until they time out)",
+            input.max_conns
+        );
     }
     report_live_counts(input.quiet, source_end.live.as_ref());
     finish_status(source_end.fault)

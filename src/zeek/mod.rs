@@ -63,14 +63,19 @@ pub struct ZeekConfig {
     pub ignore_checksums: bool,
     /// Ports that make a connection's first non-SYN packet be read as coming from the server.
     pub likely_server_ports: Vec<u16>,
+    /// At most this many connections open at once (Zeek has no such limit): when full, the
+    /// least recently active eighth is logged as it stands and removed, so that millions of
+    /// distinct 4-tuples cannot take all memory. `None`: no limit, as Zeek.
+    pub max_conns: Option<usize>,
 }
 
 impl Default for ZeekConfig {
-    /// Zeek's defaults: checksums verified, default `likely_server_ports`.
+    /// Zeek's defaults: checksums verified, default `likely_server_ports`, no connection limit.
     fn default() -> Self {
         ZeekConfig {
             ignore_checksums: false,
             likely_server_ports: DEFAULT_LIKELY_SERVER_PORTS.to_vec(),
+            max_conns: None,
         }
     }
 }

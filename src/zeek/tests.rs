@@ -416,3 +416,103 @@ fn arbitrary_bytes_never_panic() {
     }
     let _ = sim.rows();
 }
+
+/// Varied traffic on a few 4-tuples over half an hour: handshakes, data, FINs, RSTs,
+/// retransmitted SYNs and silences past the inactivity timeout, so timers of every kind are
+/// set, cancelled and fired.
+fn varied_traffic() -> Vec<P<'static>> {
+    let mut seed = 0x9e37_79b9_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let flags = ["S", "S", "", "P", "F", "R", "SA"];
+    let mut t = 0i64;
+    let mut pkts = Vec::new();
+    for _ in 0..3000 {
+        t += match next() % 10 {
+            0 => 400 * S,
+            1..=3 => 6 * S,
+            _ => (next() % 500_000) as i64,
+        } / 8;
+        let port = 1000 + (next() % 12) as u16;
+        let (from, to) = if next() % 2 == 0 {
+            ((CLIENT, port), (SERVER, 80))
+        } else {
+            ((SERVER, 80), (CLIENT, port))
+        };
+        let f = flags[(next() % flags.len() as u64) as usize];
+        let seq = (next() % 4) as u32 * 1000;
+        let ack = (next() % 2 == 0).then_some(seq + 500);
+        pkts.push(p(t, from, to, f, seq, ack, (next() % 3) as usize * 10));
+    }
+    pkts
+}
+
+#[test]
+fn clearing_stale_timers_changes_no_row() {
+    let pkts = varied_traffic();
+    let mut usual = Sim::new(true);
+    usual.feed(&pkts);
+    let mut clearing = Sim {
+        tracker: ZeekTracker::new(ZeekConfig {
+            ignore_checksums: true,
+            ..ZeekConfig::default()
+        })
+        .clear_stale_timers_from(0),
+    };
+    clearing.feed(&pkts);
+    let rows = usual.rows();
+    assert!(rows.len() > 100, "{} rows", rows.len());
+    assert_eq!(clearing.rows(), rows);
+}
+
+#[test]
+fn over_max_conns_the_least_recent_are_logged_early() {
+    // 40 unanswered SYNs from distinct ports within 40 ms: all open at once.
+    let syns: Vec<P<'_>> = (0..40u16)
+        .map(|i| {
+            p(
+                i64::from(i) * 1000,
+                (CLIENT, 2000 + i),
+                (SERVER, 80),
+                "S",
+                7,
+                None,
+                0,
+            )
+        })
+        .collect();
+    let mut limited = Sim {
+        tracker: ZeekTracker::new(ZeekConfig {
+            ignore_checksums: true,
+            max_conns: Some(8),
+            ..ZeekConfig::default()
+        }),
+    };
+    limited.feed(&syns);
+    assert_eq!(limited.tracker.open_connections(), 8);
+    assert_eq!(limited.tracker.evicted(), 32);
+    // The first 32 went out first, oldest first, as they stood: as an unlimited run logs them.
+    let early: Vec<i64> = limited
+        .tracker
+        .take_finished()
+        .iter()
+        .map(|r| r.ts_us)
+        .collect();
+    assert_eq!(early, (0..32).map(|i| i * 1000).collect::<Vec<_>>());
+    let mut unlimited = Sim::new(true);
+    unlimited.feed(&syns);
+    assert_eq!(unlimited.tracker.evicted(), 0);
+    let all = unlimited.rows();
+    let mut limited_all = Sim::new(true);
+    limited_all.tracker = ZeekTracker::new(ZeekConfig {
+        ignore_checksums: true,
+        max_conns: Some(8),
+        ..ZeekConfig::default()
+    });
+    limited_all.feed(&syns);
+    assert_eq!(limited_all.rows(), all);
+}

@@ -2,8 +2,10 @@
 //! and timers that fire on packet time (section 6.3).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr};
+
+use hashbrown::HashMap;
 
 use super::conn::{Conn, TimerKind, flip_at_creation};
 use super::decode::{Ctx, IpOut, TcpSeg, decode_ip, decode_reassembled, link_to_ip};
@@ -41,7 +43,9 @@ struct Live {
 /// Follows TCP connections the way Zeek does and produces its `conn.log` rows.
 pub struct ZeekTracker {
     cfg: ZeekConfig,
-    conns: HashMap<Key, Live>,
+    /// Boxed: a connection is over a kilobyte, and the table moves its entries as it grows.
+    /// hashbrown's default hasher (foldhash) resists chosen keys, as the flow table's does.
+    conns: HashMap<Key, Box<Live>>,
     timers: BinaryHeap<Reverse<Pending>>,
     /// Packet time; never moves backwards.
     network_time: Option<i64>,
@@ -49,7 +53,17 @@ pub struct ZeekTracker {
     next_order: u64,
     frags: frag::Reassembler,
     finished: Vec<ZeekConn>,
+    /// Connections logged early under `max_conns`.
+    evicted: u64,
+    /// Queued timers past which the stale ones are cleared out.
+    compact_at: usize,
+    /// The least `compact_at` is set to (tests set 0: a clearing after every packet).
+    clear_from: usize,
 }
+
+/// Timers queued before stale ones (of a connection gone, or a cancelled generation) are
+/// cleared out: they would fire as no-ops, but a flood of short-lived tuples leaves millions.
+const TIMERS_KEPT_AT_LEAST: usize = 1 << 16;
 
 impl ZeekTracker {
     pub fn new(cfg: ZeekConfig) -> Self {
@@ -62,7 +76,18 @@ impl ZeekTracker {
             next_order: 0,
             frags: frag::Reassembler::default(),
             finished: Vec::new(),
+            evicted: 0,
+            compact_at: TIMERS_KEPT_AT_LEAST,
+            clear_from: TIMERS_KEPT_AT_LEAST,
         }
+    }
+
+    /// Clears stale timers out once more than `n` are queued, and again each time the queue
+    /// has doubled (0: after every packet). For tests: the rows must not change.
+    pub fn clear_stale_timers_from(mut self, n: usize) -> Self {
+        self.clear_from = n;
+        self.compact_at = n;
+        self
     }
 
     /// Handles one captured frame: advances packet time (firing due timers), then decodes the
@@ -115,7 +140,7 @@ impl ZeekTracker {
     /// yet taken: first those that ended during the capture (removal order), then the open
     /// ones by start time.
     pub fn finish(mut self) -> Vec<ZeekConn> {
-        let mut open: Vec<Live> = self.conns.drain().map(|(_, l)| l).collect();
+        let mut open: Vec<Box<Live>> = self.conns.drain().map(|(_, l)| l).collect();
         open.sort_by_key(|l| (l.conn.start_time, l.id));
         let mut rows = std::mem::take(&mut self.finished);
         rows.extend(open.iter().map(|l| row(l.id, &l.conn)));
@@ -125,6 +150,11 @@ impl ZeekTracker {
     /// Number of connections currently open.
     pub fn open_connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Connections logged and removed early because `max_conns` were open.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     fn advance(&mut self, ts: i64) {
@@ -139,19 +169,12 @@ impl ZeekTracker {
             }
             let t = *top;
             self.timers.pop();
+            if !is_current(&self.conns, &t) {
+                continue;
+            }
             let Some(live) = self.conns.get_mut(&t.key) else {
                 continue;
             };
-            if live.id != t.conn_id {
-                continue;
-            }
-            let current = match t.kind {
-                TimerKind::Inactivity => live.conn.inactivity_generation,
-                _ => live.conn.analyzer_generation,
-            };
-            if current != t.generation {
-                continue;
-            }
             let ends = live.conn.fire(t.kind, now);
             if ends {
                 self.remove(t.key);
@@ -183,6 +206,57 @@ impl ZeekTracker {
                 key,
             }));
         }
+        if self.timers.len() > self.compact_at {
+            self.compact_timers();
+        }
+    }
+
+    /// Drops the queued timers that would fire as no-ops (a stale one stays stale: a key's
+    /// next connection has another id, generations only move on). Each timer's place in
+    /// the queue is total (time, then queueing order), so the rest fire as before.
+    fn compact_timers(&mut self) {
+        let conns = &self.conns;
+        let mut kept = std::mem::take(&mut self.timers).into_vec();
+        kept.retain(|Reverse(t)| is_current(conns, t));
+        self.timers = BinaryHeap::from(kept);
+        // Not again before the queue has doubled: each pass costs its length.
+        self.compact_at = if self.clear_from == 0 {
+            0
+        } else {
+            (2 * self.timers.len())
+                .max(4 * self.conns.len())
+                .max(self.clear_from)
+        };
+    }
+
+    /// Under `max_conns`, makes room for one more: the least recently active eighth (by last
+    /// packet, then creation) is logged as it stands and removed, oldest first.
+    fn make_room(&mut self) {
+        let Some(max) = self.cfg.max_conns else {
+            return;
+        };
+        if self.conns.len() < max.max(1) {
+            return;
+        }
+        let mut ages: Vec<(i64, u64)> = self
+            .conns
+            .values()
+            .map(|l| (l.conn.last_time, l.id))
+            .collect();
+        let batch = (ages.len() / 8).max(1);
+        let cutoff = *ages.select_nth_unstable(batch - 1).1;
+        let mut gone: Vec<((i64, u64), Key)> = self
+            .conns
+            .iter()
+            .map(|(k, l)| ((l.conn.last_time, l.id), *k))
+            .filter(|(age, _)| *age <= cutoff)
+            .collect();
+        gone.sort_unstable();
+        for (_, key) in gone {
+            self.remove(key);
+            self.evicted += 1;
+        }
+        self.compact_timers();
     }
 
     fn handle(&mut self, seg: &TcpSeg<'_>, ts: i64) {
@@ -205,6 +279,7 @@ impl ZeekTracker {
         };
         if reuse {
             self.remove(key);
+            self.make_room();
             // Never towards the limited broadcast address (section 3.2).
             let broadcast = seg.dst == IpAddr::V4(Ipv4Addr::BROADCAST);
             let flip =
@@ -213,7 +288,7 @@ impl ZeekTracker {
             let conn = Conn::new(src, dst, flip, ts, now, seg.tunneled);
             let id = self.next_id;
             self.next_id += 1;
-            self.conns.insert(key, Live { id, conn });
+            self.conns.insert(key, Box::new(Live { id, conn }));
         }
         let ignore = self.cfg.ignore_checksums;
         let Some(live) = self.conns.get_mut(&key) else {
@@ -225,6 +300,18 @@ impl ZeekTracker {
             .deliver(seg, is_orig, ts, ignore, &self.cfg.likely_server_ports);
         self.schedule(key);
     }
+}
+
+/// Whether a queued timer still belongs to its connection: the one on its key, with its id,
+/// in the generation it was set for (a later one cancels it).
+fn is_current(conns: &HashMap<Key, Box<Live>>, t: &Pending) -> bool {
+    conns.get(&t.key).is_some_and(|live| {
+        let current = match t.kind {
+            TimerKind::Inactivity => live.conn.inactivity_generation,
+            _ => live.conn.analyzer_generation,
+        };
+        live.id == t.conn_id && current == t.generation
+    })
 }
 
 fn row(id: u64, c: &Conn) -> ZeekConn {
