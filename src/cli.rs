@@ -20,6 +20,7 @@ use crate::flow::conn::Transition;
 use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts, Side};
 use crate::pipeline::sharded::{self, MergedSink};
 use crate::pipeline::{Engine, Front, Outcome, Watch};
+use crate::report::packet::Relative;
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::{self, conns, diagnose, events, explain, states};
 use crate::tcp::machine::Event;
@@ -1160,10 +1161,19 @@ struct EventsFirstRead {
     widths: events::TextWidths,
 }
 
+/// 28 bytes a connection of the capture: the addresses are in each transition's key.
 #[derive(Clone, Copy, Default)]
 struct EventsConn {
-    facts: Option<events::ConnFacts>,
+    /// Set when the connection ended with a record (an evicted attempt is not reported).
+    ended: Option<EndFacts>,
     widths: events::TextWidths,
+}
+
+#[derive(Clone, Copy)]
+struct EndFacts {
+    rel: Relative,
+    /// The client is the lower address:port of the key.
+    client_first: bool,
 }
 
 impl EventsFirstRead {
@@ -1179,7 +1189,10 @@ impl EventsFirstRead {
         let Some(entry) = self.entry(conn.id) else {
             return;
         };
-        entry.facts = Some(events::ConnFacts::of(conn));
+        entry.ended = Some(EndFacts {
+            rel: Relative::of(conn),
+            client_first: conn.key().ends().0 == conn.end(Side::Client).addr,
+        });
         let widths = entry.widths;
         self.widths.merge(&widths);
     }
@@ -1189,9 +1202,21 @@ impl EventsFirstRead {
         self.first.unwrap_or(0.0)
     }
 
-    fn facts(&self, id: u64) -> Option<events::ConnFacts> {
-        let i = usize::try_from(id).ok()?.checked_sub(1)?;
-        self.conns.get(i)?.facts
+    /// What the row of `t` needs of its connection, as of the connection's end.
+    fn facts(&self, t: &Transition) -> Option<events::ConnFacts> {
+        let i = usize::try_from(t.conn_id).ok()?.checked_sub(1)?;
+        let end = self.conns.get(i)?.ended?;
+        let (low, high) = t.key.ends();
+        let (client, server) = if end.client_first {
+            (low, high)
+        } else {
+            (high, low)
+        };
+        Some(events::ConnFacts {
+            client,
+            server,
+            rel: end.rel,
+        })
     }
 }
 
@@ -1297,7 +1322,7 @@ impl EventsFileStream<'_> {
         let mut held = std::mem::take(&mut self.held);
         for t in &held[..cut] {
             // Not reported: an attempt evicted under --max-conns, which has no record.
-            let Some(facts) = self.first.facts(t.conn_id) else {
+            let Some(facts) = self.first.facts(t) else {
                 continue;
             };
             match self.format {
@@ -2089,7 +2114,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let (last, _) = run_engine(&args.input, keep(), &mut first)?;
             // The rows of the timers run at the end.
             for t in &last.transitions {
-                if let Some(facts) = first.facts(t.conn_id) {
+                if let Some(facts) = first.facts(t) {
                     let t0 = first.t0();
                     first.widths.add(t, &facts, t0);
                 }

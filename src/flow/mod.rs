@@ -24,6 +24,11 @@ impl FlowKey {
     pub fn new(a: SockAddr, b: SockAddr) -> FlowKey {
         if a <= b { FlowKey(a, b) } else { FlowKey(b, a) }
     }
+
+    /// The lower address:port, then the higher.
+    pub fn ends(&self) -> (SockAddr, SockAddr) {
+        (self.0, self.1)
+    }
 }
 
 /// The same hash for both directions of a 4-tuple, from integers rather than `IpAddr`'s
