@@ -1725,15 +1725,26 @@ fn run_interval(
 struct TopWatcher {
     feed: TopFeed,
     stop: Arc<AtomicBool>,
+    /// A file gets no ticks: records are taken in as they end.
+    from_file: bool,
 }
 
 impl Watcher for TopWatcher {
-    fn after_packet(&mut self, _engine: &mut Engine) -> ControlFlow<()> {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        if self.from_file {
+            self.feed.take_in_ended(engine);
+        }
         if self.stop.load(Ordering::Relaxed) {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
+    }
+    fn at_finish(&mut self, _conn: Connection) -> Option<Connection> {
+        None
+    }
+    fn keeps_every_record(&self) -> bool {
+        false
     }
     fn on_tick(&mut self, engine: &mut Engine, wall: Ts, stats: &LiveStats) -> ControlFlow<()> {
         let drops = CaptureDrops {
@@ -1780,6 +1791,7 @@ fn run_top(input: &InputArgs) -> Result<(), Failure> {
             let mut watcher = TopWatcher {
                 feed: TopFeed::new(model, tx),
                 stop: capture_stop,
+                from_file: quiet_input.interface.is_none(),
             };
             let result = run_engine(&quiet_input, Keep::default(), &mut watcher);
             // A file is read in a moment: keep its last frame up until the view is closed.

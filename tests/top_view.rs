@@ -742,3 +742,74 @@ fn feed_drops_frames_not_packets_and_notices_the_screen_leaving() {
     drop(rx);
     assert!(!feed.tick(&mut engine, CaptureDrops::default()));
 }
+
+/// A file gets one frame, at its end: its records are taken in as they end (counted, and
+/// kept as rows only while they linger), not all held for that frame and shown as if they
+/// had just closed.
+#[test]
+fn a_file_takes_in_records_as_they_end() {
+    // Ten connections open and close in the first second; their TIME_WAITs run out at about
+    // 61 s, while an eleventh goes on to 200 s.
+    let server = "10.0.0.2:80";
+    let mut recs = Vec::new();
+    for i in 0..10u64 {
+        let client = format!("10.0.0.1:{}", 40000 + i);
+        let t = i * 50;
+        recs.extend(common::opened_and_closed(
+            &client,
+            server,
+            (1000, 2000),
+            [t, t + 1, t + 2, t + 3, t + 4, t + 5],
+        ));
+    }
+    let long = "10.0.0.1:50000";
+    recs.push(common::rec_at(
+        900,
+        common::tcp_frame(long, server, 0x02, 5, 0, 0),
+    ));
+    recs.push(common::rec_at(
+        901,
+        common::tcp_frame(server, long, 0x12, 9, 6, 0),
+    ));
+    for s in 1..=20u64 {
+        let ack = common::tcp_frame(long, server, 0x10, 6, 10, 0);
+        recs.push(common::rec_at(900 + s * 10_000, ack));
+    }
+    let bytes = common::pcap_bytes(&recs);
+    let frame_of = |as_they_end: bool| {
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut model = TopModel::new(TopConfig::default());
+        let _: ControlFlow<()> = tcpstate::capture::file::read_from(
+            "synthetic",
+            &bytes[..],
+            &mut ContainerCounters::default(),
+            &mut |pkt| {
+                engine.process(pkt);
+                if as_they_end {
+                    let ended = engine.take_ended();
+                    model.take_in_ended(&ended, engine.now().expect("clock"));
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("read capture");
+        let end = engine.now().expect("packets");
+        update(&mut model, &mut engine, end, CaptureDrops::default())
+    };
+    let (taken, held) = (frame_of(true), frame_of(false));
+    assert_eq!(held.lingering, 10, "the ten closed ones, as if just closed");
+    assert_eq!(taken.lingering, 0);
+    assert_eq!(taken.open, 1);
+    let linger = TopConfig::default().linger;
+    assert_eq!(taken.failures, held.failures);
+    assert_eq!(taken.resets, held.resets);
+    assert_eq!((taken.open, &taken.states), (held.open, &held.states));
+    assert!(
+        taken
+            .rows
+            .iter()
+            .filter_map(|r| r.ended)
+            .all(|at| taken.now < at.plus(linger)),
+        "a row past its linger"
+    );
+}

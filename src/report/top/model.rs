@@ -257,6 +257,24 @@ impl TopModel {
         self.cfg.engine = engine;
     }
 
+    /// Counts the records that ended by packet time `now` and keeps the rows of those still
+    /// lingering then. `update` does it for the records that ended since the last update; a
+    /// file, which gets one update at its end, does it as records end, so that it holds
+    /// neither every ended record nor rows of connections long gone.
+    pub fn take_in_ended(&mut self, ended: &[Connection], now: Ts) {
+        let linger = self.cfg.linger;
+        for c in ended {
+            let mut seen = self.seen.remove(&c.id).unwrap_or_default();
+            count_once(&mut seen, c, true, &mut self.failures, &mut self.resets);
+            let at = seen.ended.unwrap_or(now);
+            if now < at.plus(linger) {
+                self.lingering.push(TopRow::new(c, Some(at)));
+            }
+        }
+        self.lingering
+            .retain(|r| r.ended.is_some_and(|at| now < at.plus(linger)));
+    }
+
     /// Takes in the engine's state at packet time `now`: every live connection, the records
     /// that ended since the previous update, and the counters.
     pub fn update<'a>(
@@ -298,19 +316,10 @@ impl TopModel {
                 }
             }
         }
-        for c in ended {
-            let mut seen = self.seen.remove(&c.id).unwrap_or_default();
-            count_once(&mut seen, c, true, &mut self.failures, &mut self.resets);
-            let at = seen.ended.unwrap_or(now);
-            if now < at.plus(linger) {
-                self.lingering.push(TopRow::new(c, Some(at)));
-            }
-        }
+        self.take_in_ended(ended, now);
         // Records gone without an ended record (half-open attempts evicted under
         // --max-conns) are forgotten here, so memory follows the engine's table.
         self.seen.retain(|_, s| s.generation == generation);
-        self.lingering
-            .retain(|r| r.ended.is_some_and(|at| now < at.plus(linger)));
         lingering += self.lingering.len() as u64;
         rows.extend(self.lingering.iter().cloned());
 
@@ -428,6 +437,15 @@ impl TopFeed {
         let stats = TopStats::from_engine(engine, drops);
         let frame = self.model.update(engine.connections(), &ended, now, &stats);
         self.send(frame)
+    }
+
+    /// Takes in the records that ended with the last packet, without a frame (files).
+    pub fn take_in_ended(&mut self, engine: &mut Engine) {
+        if engine.has_ended() {
+            let ended = engine.take_ended();
+            let now = engine.now().unwrap_or_default();
+            self.model.take_in_ended(&ended, now);
+        }
     }
 
     /// Offers a frame: dropped if the screen has not taken the previous one yet.
