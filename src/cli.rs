@@ -748,6 +748,24 @@ fn run_sharded(
     Ok((outcome, end))
 }
 
+/// `run_engine` on one thread, or `run_sharded` over `--threads`, for a watcher that works
+/// both ways (same output).
+fn run_threaded<W: Watcher + MergedSink + Send>(
+    input: &InputArgs,
+    stop_at: Option<&str>,
+    watcher: &mut W,
+) -> Result<(Outcome, SourceEnd), Failure> {
+    if input.threads > 1 {
+        run_sharded(input, stop_at, watcher)
+    } else {
+        let keep = Keep {
+            stop_at,
+            ..Keep::default()
+        };
+        run_engine(input, keep, watcher)
+    }
+}
+
 /// Runs the engine over the input, on `--threads` threads for the reports that allow it
 /// (those that keep every record to the end, here).
 fn run_records(input: &InputArgs, stop_at: Option<&str>) -> Result<(Outcome, SourceEnd), Failure> {
@@ -1382,7 +1400,7 @@ impl Watcher for EventsFileStream<'_> {
             // Their facts came from the first read.
             drop(engine.take_ended());
         }
-        // A look costs a pass over the live records: not more often than once per half of
+        // A look costs a pass over the live records: not more often than once per quarter of
         // them in transitions (except when tests ask for a look after every packet).
         let spread = if self.write_at_least > 1 {
             engine.live_connections() / 4
@@ -1638,7 +1656,7 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
         },
         &mut |_| (ControlFlow::Continue(()), None),
     )?;
-    let tracker_evicted = tracker.evicted();
+    let evicted = tracker.evicted();
     let rows = tracker.finish();
     logged += rows.len();
     let _ = write_rows(&mut stream, &rows);
@@ -1655,7 +1673,6 @@ fn run_zeek(input: &InputArgs, ignore_checksums: bool) -> Result<(), Failure> {
         }
         let _ = writeln!(err, "tcpstate: {logged:>10}  connections (Zeek's rules)");
     }
-    let evicted = tracker_evicted;
     if evicted > 0 {
         eprintln!(
             "tcpstate: warning: {evicted} connections logged early, as they stood: more than --max-conns {} were open at once (Zeek would keep them until they time out)",
@@ -1893,11 +1910,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 batch: Vec::new(),
                 end: Ts::default(),
             };
-            let (outcome, source_end) = if args.input.threads > 1 {
-                run_sharded(&args.input, None, &mut streaming)?
-            } else {
-                run_engine(&args.input, Keep::default(), &mut streaming)?
-            };
+            let (outcome, source_end) = run_threaded(&args.input, None, &mut streaming)?;
             let _ = streaming.write_batch();
             let _ = streaming.write_tail();
             streaming.stream.finish()?;
@@ -1929,15 +1942,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     listeners: states::Listeners::default(),
                     kept: Vec::new(),
                 };
-                let (mut outcome, source_end) = if args.input.threads > 1 {
-                    run_sharded(&args.input, args.at.as_deref(), &mut keeping)?
-                } else {
-                    let keep = Keep {
-                        stop_at: args.at.as_deref(),
-                        ..Keep::default()
-                    };
-                    run_engine(&args.input, keep, &mut keeping)?
-                };
+                let (mut outcome, source_end) =
+                    run_threaded(&args.input, args.at.as_deref(), &mut keeping)?;
                 let mut kept = std::mem::take(&mut keeping.kept);
                 kept.append(&mut outcome.connections);
                 crate::flow::sort_large_by_key(&mut kept, |c| c.id);
@@ -2017,11 +2023,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let mut adding = AddEach {
                 builder: findings::DiagnoseBuilder::new(cfg),
             };
-            let (outcome, source_end) = if args.input.threads > 1 {
-                run_sharded(&args.input, None, &mut adding)?
-            } else {
-                run_engine(&args.input, Keep::default(), &mut adding)?
-            };
+            let (outcome, source_end) = run_threaded(&args.input, None, &mut adding)?;
             let found = adding.builder.finish(&outcome);
             let start = outcome.first_ts.map(report::secs);
             write_out(|out| match args.format {
@@ -2040,11 +2042,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let mut adding = AddEach {
                 builder: summary::SummaryBuilder::default(),
             };
-            let (outcome, source_end) = if args.input.threads > 1 {
-                run_sharded(&args.input, None, &mut adding)?
-            } else {
-                run_engine(&args.input, Keep::default(), &mut adding)?
-            };
+            let (outcome, source_end) = run_threaded(&args.input, None, &mut adding)?;
             let sum = adding.builder.finish();
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_summary_text(out, &sum),
