@@ -30,6 +30,7 @@ impl Frame {
             linktype: self.linktype,
             data: &self.data,
             orig_len: self.orig_len,
+            ahead: &[],
         }
     }
 }

@@ -131,6 +131,7 @@ proptest! {
                 linktype: f.linktype,
                 data: &f.data,
                 orig_len: f.data.len() as u32,
+                ahead: &[],
             });
         }
         let outcome = engine.finish();

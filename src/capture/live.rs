@@ -346,6 +346,7 @@ impl LiveCapture {
                         linktype: *linktype,
                         data: packet.data,
                         orig_len: packet.header.len,
+                        ahead: &[],
                     };
                     if on_packet(&raw).is_break() {
                         return Ok(Round::Break);

@@ -19,6 +19,10 @@ pub struct RawPacket<'a> {
     pub data: &'a [u8],
     /// Length on the wire; larger than `data.len()` when the snap length cut the frame.
     pub orig_len: u32,
+    /// The frame of a packet some records later in the same input and link type, when the
+    /// reader already holds it (else empty): the flow table fetches that packet's record
+    /// into the cache while this one is processed (see `FlowTable::look_ahead`).
+    pub ahead: &'a [u8],
 }
 
 /// A fault that stops reading. Whatever was read before it has been processed.

@@ -50,6 +50,25 @@ impl Slab {
             .expect("flow table index points at an empty slot")
     }
 
+    /// The record in a slot that may be empty or never made (a hint's slot).
+    pub fn try_get(&self, slot: SlotId) -> Option<&Connection> {
+        self.chunks
+            .get(slot as usize / CHUNK)?
+            .get(slot as usize % CHUNK)?
+            .as_ref()
+    }
+
+    /// Starts loading a slot's record into the cache, if the slot was ever made.
+    pub fn prefetch(&self, slot: SlotId) {
+        if let Some(place) = self
+            .chunks
+            .get(slot as usize / CHUNK)
+            .and_then(|chunk| chunk.get(slot as usize % CHUNK))
+        {
+            super::prefetch::lines_of(place);
+        }
+    }
+
     pub fn get_mut(&mut self, slot: SlotId) -> &mut Connection {
         self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
             .as_mut()

@@ -367,6 +367,10 @@ impl Engine {
     }
 
     pub fn process(&mut self, pkt: &RawPacket<'_>) {
+        if !pkt.ahead.is_empty() {
+            self.table
+                .look_ahead(decode::syn_ahead(pkt.linktype, pkt.ahead));
+        }
         let Some(Admitted { seg, ts, packet }) = self.front.admit(pkt) else {
             return;
         };

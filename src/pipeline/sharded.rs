@@ -28,7 +28,7 @@ use hashbrown::HashMap;
 
 use super::{Admitted, AnomalyTotals, Front, Outcome};
 use crate::capture::RawPacket;
-use crate::decode::SockAddr;
+use crate::decode::{SockAddr, flags};
 use crate::flow::{
     Connection, EngineConfig, EvictedAttempts, FlowCounters, FlowTable, SweepSchedule,
 };
@@ -513,8 +513,9 @@ fn work(
                     first,
                     ..BatchDone::default()
                 };
-                for item in items.drain(..) {
-                    match item {
+                for at in 0..items.len() {
+                    table.look_ahead(items.get(at + LOOK_AHEAD).and_then(opening_syn));
+                    match items[at] {
                         Item::Sweep { ts, packet } => {
                             sweep(&mut table, ts, packet, &cfg, &mut done)
                         }
@@ -529,6 +530,7 @@ fn work(
                         }
                     }
                 }
+                items.clear();
                 let _ = spare.send(items);
                 if outbox.send(FromWorker::Batch(done)).is_err() {
                     return;
@@ -557,6 +559,21 @@ fn work(
                 return;
             }
         }
+    }
+}
+
+/// How many items ahead a worker shows its table (`FlowTable::look_ahead`).
+const LOOK_AHEAD: usize = 16;
+
+/// The addresses of an item that is a SYN without ACK or RST.
+fn opening_syn(item: &Item) -> Option<(SockAddr, SockAddr)> {
+    match item {
+        Item::Segment { admitted, .. } => {
+            let seg = &admitted.seg;
+            let syn_only = seg.flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
+            syn_only.then_some((seg.src, seg.dst))
+        }
+        Item::Sweep { .. } => None,
     }
 }
 

@@ -83,6 +83,7 @@ impl Sim {
             linktype: 1,
             data: f,
             orig_len: f.len() as u32,
+            ahead: &[],
         });
     }
 
