@@ -1931,10 +1931,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 all: args.all,
                 host,
             };
-            let (outcome, source_end, rows) = if args.all {
-                let (outcome, source_end) = run_records(&args.input, args.at.as_deref())?;
-                let rows = states::socket_rows(&outcome.connections, &sel);
-                (outcome, source_end, rows)
+            // The rows are made as they are written, from the records and the listeners.
+            let (outcome, source_end, listeners, conns) = if args.all {
+                let (mut outcome, source_end) = run_records(&args.input, args.at.as_deref())?;
+                let conns = std::mem::take(&mut outcome.connections);
+                let mut listeners = states::Listeners::default();
+                for c in &conns {
+                    listeners.add(c);
+                }
+                (outcome, source_end, listeners, conns)
             } else {
                 // Only the records with a socket left are kept as they end.
                 let mut keeping = StatesKeep {
@@ -1944,16 +1949,28 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 };
                 let (mut outcome, source_end) =
                     run_threaded(&args.input, args.at.as_deref(), &mut keeping)?;
-                let mut kept = std::mem::take(&mut keeping.kept);
-                kept.append(&mut outcome.connections);
+                // The shorter list joins the longer, which grows where it is (a realloc)
+                // rather than being copied into a second.
+                let mut kept = std::mem::take(&mut outcome.connections);
+                let mut ended = std::mem::take(&mut keeping.kept);
+                if ended.len() > kept.len() {
+                    std::mem::swap(&mut kept, &mut ended);
+                }
+                kept.append(&mut ended);
+                drop(ended);
                 crate::flow::sort_large_by_key(&mut kept, |c| c.id);
-                let rows = states::socket_rows_with(&keeping.listeners, &kept, &sel);
-                (outcome, source_end, rows)
+                (outcome, source_end, keeping.listeners, kept)
             };
             write_out(|out| match args.format {
-                Format::Text => states::write_text(out, &rows),
-                Format::Json => report::write_json_lines(out, &rows),
-                Format::Csv => report::write_csv(out, &rows),
+                Format::Text => states::write_text_of(out, &listeners, &conns, &sel),
+                Format::Json => states::for_each_row(&listeners, &conns, &sel, |row| {
+                    report::write_json_lines(out, &[row])
+                }),
+                Format::Csv => {
+                    let mut csv = report::CsvRows::new(out);
+                    states::for_each_row(&listeners, &conns, &sel, |row| csv.row(&row))?;
+                    csv.finish()
+                }
             })?;
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)

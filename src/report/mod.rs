@@ -196,6 +196,28 @@ pub fn write_csv<T: Serialize>(out: &mut dyn Write, rows: &[T]) -> io::Result<()
     w.flush()
 }
 
+/// CSV rows written one at a time, as `write_csv` writes them all: a header row from the
+/// first row's field names.
+pub struct CsvRows<'a> {
+    writer: csv::Writer<&'a mut dyn Write>,
+}
+
+impl<'a> CsvRows<'a> {
+    pub fn new(out: &'a mut dyn Write) -> CsvRows<'a> {
+        CsvRows {
+            writer: csv::Writer::from_writer(out),
+        }
+    }
+
+    pub fn row<T: Serialize>(&mut self, row: &T) -> io::Result<()> {
+        self.writer.serialize(row).map_err(csv_to_io)
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
 /// CSV rows written in batches as they come: the header row only with the first batch.
 pub fn write_csv_rows<T: Serialize>(
     out: &mut dyn Write,

@@ -120,18 +120,70 @@ pub fn socket_rows_with(
     sel: &Selection,
 ) -> Vec<SocketRow> {
     let mut rows = Vec::new();
+    let _ = for_each_row(listeners, conns, sel, |row| {
+        rows.push(row);
+        Ok(())
+    });
+    rows
+}
+
+/// The rows of `socket_rows_with`, made one at a time (a capture's rows, held, took 130
+/// bytes each on top of their records).
+pub fn for_each_row(
+    listeners: &Listeners,
+    conns: &[Connection],
+    sel: &Selection,
+    mut each: impl FnMut(SocketRow) -> io::Result<()>,
+) -> io::Result<()> {
+    for_each_socket(listeners, conns, sel, |s| each(s.row()))
+}
+
+/// A row of `socket_rows_with` before its addresses are written out.
+struct Socket {
+    local: SockAddr,
+    /// `None`: a listener's `*:*`.
+    remote: Option<SockAddr>,
+    state: TcpState,
+    conn: u64,
+    role: Side,
+    since: Ts,
+    inferred: bool,
+    partial: bool,
+}
+
+impl Socket {
+    fn row(&self) -> SocketRow {
+        SocketRow {
+            local: self.local.to_string(),
+            remote: self.remote.map_or_else(|| "*:*".into(), |r| r.to_string()),
+            state: self.state.name(),
+            conn: self.conn,
+            role: self.role.name(),
+            since: secs(self.since),
+            inferred: self.inferred,
+            partial: self.partial,
+        }
+    }
+}
+
+fn for_each_socket(
+    listeners: &Listeners,
+    conns: &[Connection],
+    sel: &Selection,
+    mut each: impl FnMut(Socket) -> io::Result<()>,
+) -> io::Result<()> {
     for (&l, &since) in &listeners.0 {
         if sel.host.is_none_or(|h| h.keeps(l)) {
-            rows.push(SocketRow {
-                local: l.to_string(),
-                remote: "*:*".into(),
-                state: TcpState::Listen.name(),
+            each(Socket {
+                local: l,
+                remote: None,
+                state: TcpState::Listen,
                 conn: 0,
-                role: "server",
-                since: secs(since),
+                role: Side::Server,
+                since,
                 inferred: true,
                 partial: false,
-            });
+            })?;
         }
     }
     for c in conns {
@@ -140,20 +192,48 @@ pub fn socket_rows_with(
                 continue;
             }
             let me = c.end(side);
-            let peer = c.end(side.other());
-            rows.push(SocketRow {
-                local: me.addr.to_string(),
-                remote: peer.addr.to_string(),
-                state: me.state.name(),
+            each(Socket {
+                local: me.addr,
+                remote: Some(c.end(side.other()).addr),
+                state: me.state,
                 conn: c.id,
-                role: side.name(),
-                since: secs(me.state_since),
+                role: side,
+                since: me.state_since,
                 inferred: me.inferred,
                 partial: c.partial,
-            });
+            })?;
         }
     }
-    rows
+    Ok(())
+}
+
+/// The length of an address as `SockAddr`'s Display writes it.
+fn text_len(a: SockAddr) -> usize {
+    match a.ip {
+        IpAddr::V4(ip) => super::ipv4_sock_text(ip, a.port).1,
+        IpAddr::V6(_) => a.to_string().len(),
+    }
+}
+
+/// The rows of `socket_rows_with` as `write_text` writes them, without holding them: one
+/// pass finds the columns' widths, a second writes.
+pub fn write_text_of(
+    out: &mut dyn Write,
+    listeners: &Listeners,
+    conns: &[Connection],
+    sel: &Selection,
+) -> io::Result<()> {
+    let (mut lw, mut rw) = (18, 17);
+    let mut counts = StateCounts::default();
+    for_each_socket(listeners, conns, sel, |s| {
+        lw = lw.max(text_len(s.local));
+        rw = rw.max(s.remote.map_or(3, text_len));
+        counts.add(s.state.name());
+        Ok(())
+    })?;
+    write_header(out, lw, rw)?;
+    for_each_row(listeners, conns, sel, |r| write_line(out, &r, lw, rw))?;
+    write_counts(out, &counts.0)
 }
 
 pub fn write_text(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
@@ -169,42 +249,64 @@ pub fn write_text(out: &mut dyn Write, rows: &[SocketRow]) -> io::Result<()> {
         .max()
         .unwrap_or(0)
         .max(17);
+    write_header(out, lw, rw)?;
+    for r in rows {
+        write_line(out, r, lw, rw)?;
+    }
+    write_counts(out, &state_counts(rows))
+}
+
+fn write_header(out: &mut dyn Write, lw: usize, rw: usize) -> io::Result<()> {
     writeln!(
         out,
         "{:<12} {:<lw$} {:<rw$} CONN",
         "State", "Local Address:Port", "Peer Address:Port"
-    )?;
-    for r in rows {
-        let conn = if r.conn == 0 {
-            "-".to_string()
-        } else {
-            r.conn.to_string()
-        };
-        let mark = if r.inferred { " (inferred)" } else { "" };
-        writeln!(
-            out,
-            "{:<12} {:<lw$} {:<rw$} {conn}{mark}",
-            r.state, r.local, r.remote
-        )?;
-    }
+    )
+}
+
+fn write_line(out: &mut dyn Write, r: &SocketRow, lw: usize, rw: usize) -> io::Result<()> {
+    let conn = if r.conn == 0 {
+        "-".to_string()
+    } else {
+        r.conn.to_string()
+    };
+    let mark = if r.inferred { " (inferred)" } else { "" };
+    writeln!(
+        out,
+        "{:<12} {:<lw$} {:<rw$} {conn}{mark}",
+        r.state, r.local, r.remote
+    )
+}
+
+fn write_counts(out: &mut dyn Write, counts: &[(&'static str, usize)]) -> io::Result<()> {
     writeln!(out)?;
-    for (state, n) in state_counts(rows) {
+    for (state, n) in counts {
         writeln!(out, "{state} {n}")?;
     }
     Ok(())
 }
 
+/// Count per state, in the order the states first appear.
+#[derive(Default)]
+struct StateCounts(Vec<(&'static str, usize)>);
+
+impl StateCounts {
+    fn add(&mut self, state: &'static str) {
+        match self.0.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((state, 1)),
+        }
+    }
+}
+
 /// Count per state, in the order the states first appear (as awk's for-in roughly does;
 /// stable here so output can be compared).
 pub fn state_counts(rows: &[SocketRow]) -> Vec<(&'static str, usize)> {
-    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    let mut counts = StateCounts::default();
     for r in rows {
-        match counts.iter_mut().find(|(s, _)| *s == r.state) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((r.state, 1)),
-        }
+        counts.add(r.state);
     }
-    counts
+    counts.0
 }
 
 /// The sockets of the tracked connections per state at one moment: one line of
@@ -291,4 +393,124 @@ pub fn write_interval_csv(out: &mut dyn Write, c: &IntervalCounts, header: bool)
         write!(out, ",{}", c.counts.get(state.name()).copied().unwrap_or(0))?;
     }
     writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::file::read_files;
+    use crate::pipeline::Engine;
+
+    /// The rows written as they are made are the rows made first and written after, in
+    /// every selection, on committed captures with listeners, IPv6, resets and a socket
+    /// connected to itself.
+    #[test]
+    fn rows_written_as_made_are_the_rows_held() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pcaps/");
+        let captures = [
+            "mixed",
+            "ipv6",
+            "refused",
+            "self_connect",
+            "close_wait_leak",
+        ];
+        for name in captures.into_iter().chain(["long addresses"]) {
+            let conns = if name == "long addresses" {
+                long_addresses()
+            } else {
+                let mut engine = Engine::new(Default::default());
+                let mut counters = Default::default();
+                read_files(&[format!("{dir}{name}.pcap")], &mut counters, &mut |p| {
+                    engine.process(p);
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+                engine.finish().connections
+            };
+            let mut listeners = Listeners::default();
+            for c in &conns {
+                listeners.add(c);
+            }
+            let server = conns[0].end(Side::Server).addr;
+            for sel in [
+                Selection {
+                    all: false,
+                    host: None,
+                },
+                Selection {
+                    all: true,
+                    host: None,
+                },
+                Selection {
+                    all: true,
+                    host: Some(HostFilter::Ip(server.ip)),
+                },
+                Selection {
+                    all: false,
+                    host: Some(HostFilter::Addr(server)),
+                },
+            ] {
+                let held = socket_rows(&conns, &sel);
+                let mut made = Vec::new();
+                for_each_row(&listeners, &conns, &sel, |r| {
+                    made.push(r);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(made, held, "{name}");
+                let (mut want, mut got) = (Vec::new(), Vec::new());
+                write_text(&mut want, &held).unwrap();
+                write_text_of(&mut got, &listeners, &conns, &sel).unwrap();
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(want).unwrap(),
+                    "{name}"
+                );
+                assert!(
+                    held.len() > 1 || !sel.all,
+                    "{name}: too few rows to compare"
+                );
+            }
+        }
+    }
+
+    /// Answered SYNs between addresses wider than the columns' least widths.
+    fn long_addresses() -> Vec<Connection> {
+        use crate::decode::{Segment, flags};
+        use crate::flow::{EngineConfig, FlowTable};
+        let cfg = EngineConfig::default();
+        let mut table = FlowTable::new();
+        let pairs = [
+            (
+                "[2001:db8:1234:5678:9abc:def0:1234:5678]:40000",
+                "10.0.0.1:80",
+            ),
+            ("192.168.100.200:65535", "[2001:db8::77]:443"),
+        ];
+        for (n, (client, server)) in pairs.into_iter().enumerate() {
+            let (client, server): (SockAddr, SockAddr) =
+                (client.parse().unwrap(), server.parse().unwrap());
+            let seg = |src, dst, flags, seq, ack| Segment {
+                src,
+                dst,
+                seq,
+                ack,
+                flags,
+                window: 1000,
+                wscale: None,
+                payload_len: 0,
+            };
+            let at = Ts(n as i64 * 1_000_000);
+            table.on_segment(
+                &seg(client, server, flags::SYN, 1, 0),
+                at,
+                1,
+                &cfg,
+                &mut None,
+            );
+            let synack = seg(server, client, flags::SYN | flags::ACK, 9, 2);
+            table.on_segment(&synack, at, 2, &cfg, &mut None);
+        }
+        table.finish(Ts(5_000_000), &cfg, &mut None)
+    }
 }
