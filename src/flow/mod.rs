@@ -5,7 +5,6 @@ pub mod conn;
 mod prefetch;
 mod slab;
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
@@ -110,7 +109,7 @@ fn hint(short: u32, slot: SlotId) -> u32 {
 
 /// Calls of `FlowTable::look_ahead` between fetching a SYN's hint and fetching the record it
 /// names: about the time a load from memory takes.
-const AHEAD_STAGES: u64 = 8;
+const AHEAD_STAGES: usize = 8;
 
 /// How many servers `FlowTable::flood` follows; attempts to others are only counted.
 const FLOOD_SERVERS_KEPT: usize = 4096;
@@ -147,10 +146,11 @@ pub struct FlowTable {
     /// only by probing it. Written when a record is placed, never cleared: a slot is taken
     /// only if its record holds the 4-tuple. See `hint`; `NO_SLOT` where none was written.
     hints: Vec<u32>,
-    /// Calls of `look_ahead` so far, and the SYNs it was shown whose hint is being fetched:
-    /// (the call at which to fetch the record the hint names, tuple hash).
-    ahead_calls: u64,
-    ahead_syns: VecDeque<(u64, u32)>,
+    /// Calls of `look_ahead` so far, and the tuple hashes of the SYNs it was shown in the
+    /// last `AHEAD_STAGES` calls, by call number (modulo), whose hints are being fetched.
+    ahead_calls: usize,
+    ahead_syns: [Option<u32>; AHEAD_STAGES],
+    ahead_pending: usize,
     /// Evicted half-open attempts per server (at most `FLOOD_SERVERS_KEPT` servers).
     pub flood: HashMap<SockAddr, EvictedAttempts>,
 }
@@ -222,18 +222,18 @@ impl FlowTable {
     /// table holds or finds.
     #[inline]
     pub fn look_ahead(&mut self, syn: Option<(SockAddr, SockAddr)>) {
-        self.ahead_calls += 1;
+        self.ahead_calls = self.ahead_calls.wrapping_add(1);
         // Most packets are not SYNs, and most come with none being fetched.
-        if syn.is_some() || !self.ahead_syns.is_empty() {
+        if syn.is_some() || self.ahead_pending > 0 {
             self.fetch_ahead(syn);
         }
     }
 
     fn fetch_ahead(&mut self, syn: Option<(SockAddr, SockAddr)>) {
-        if let Some(&(due, short)) = self.ahead_syns.front()
-            && due <= self.ahead_calls
-        {
-            self.ahead_syns.pop_front();
+        // The place of the SYN shown AHEAD_STAGES calls ago, and of this call's.
+        let place = &mut self.ahead_syns[self.ahead_calls % AHEAD_STAGES];
+        if let Some(short) = place.take() {
+            self.ahead_pending -= 1;
             if let Some(slot) = self.hinted(short) {
                 self.records.prefetch(slot);
             }
@@ -243,10 +243,8 @@ impl FlowTable {
             let mask = self.hints.len().wrapping_sub(1);
             if let Some(hint) = self.hints.get(short as usize & mask) {
                 prefetch::lines_of(hint);
-                // At most one is taken per call, each is due AHEAD_STAGES calls after it
-                // came: the queue holds AHEAD_STAGES at most.
-                self.ahead_syns
-                    .push_back((self.ahead_calls + AHEAD_STAGES, short));
+                self.ahead_syns[self.ahead_calls % AHEAD_STAGES] = Some(short);
+                self.ahead_pending += 1;
             }
         }
     }
