@@ -28,6 +28,98 @@ struct Interface {
     offset_secs: i64,
 }
 
+impl Interface {
+    /// The time of a packet block's timestamp (`ts_high`, `ts_low`) on this interface.
+    fn time(&self, ts_high: u32, ts_low: u32) -> Ts {
+        let raw = (u64::from(ts_high) << 32) | u64::from(ts_low);
+        let units = self.units_per_sec.max(1);
+        let secs = (raw / units) as i64 + self.offset_secs;
+        let nanos = (u128::from(raw % units) * 1_000_000_000 / u128::from(units)) as i64;
+        Ts::from_parts(secs, nanos)
+    }
+}
+
+/// An Enhanced Packet Block read by hand (`plain_epb`).
+struct PlainEpb<'a> {
+    /// The block's length, to consume.
+    len: usize,
+    ts: Ts,
+    linktype: i32,
+    data: &'a [u8],
+    orig_len: u32,
+}
+
+/// The block at the start of `data` if it is an Enhanced Packet Block with no options,
+/// whole (its trailing length where its length says), of a described interface: what
+/// pcap-parser reads from such a block, without its per-block parsing. `None` for any other
+/// block, which pcap-parser then reads (or rejects).
+fn plain_epb<'a>(
+    data: &'a [u8],
+    big_endian: bool,
+    interfaces: &[Interface],
+) -> Option<PlainEpb<'a>> {
+    let (len, iface) = plain_epb_head(data, big_endian, interfaces)?;
+    let u32_at = |at| ng_u32(data, at, big_endian);
+    let caplen = u32_at(20)? as usize;
+    Some(PlainEpb {
+        len,
+        ts: iface.time(u32_at(12)?, u32_at(16)?),
+        linktype: iface.linktype,
+        data: data.get(28..28 + caplen)?,
+        orig_len: u32_at(24)?,
+    })
+}
+
+/// The frame and link type of `plain_epb`'s block, for the look ahead.
+fn plain_epb_frame<'a>(
+    data: &'a [u8],
+    big_endian: bool,
+    interfaces: &[Interface],
+) -> Option<(&'a [u8], i32)> {
+    let (_, iface) = plain_epb_head(data, big_endian, interfaces)?;
+    let caplen = ng_u32(data, 20, big_endian)? as usize;
+    Some((data.get(28..28 + caplen)?, iface.linktype))
+}
+
+/// `plain_epb`'s checks: the block's length and its interface.
+fn plain_epb_head<'i>(
+    data: &[u8],
+    big_endian: bool,
+    interfaces: &'i [Interface],
+) -> Option<(usize, &'i Interface)> {
+    const EPB: u32 = 6;
+    let u32_at = |at| ng_u32(data, at, big_endian);
+    if u32_at(0)? != EPB {
+        return None;
+    }
+    let len = u32_at(4)? as usize;
+    let caplen = u32_at(20)? as usize;
+    // Header (28 bytes), the data padded to 4, no options, the trailing length.
+    if len != 28 + caplen.checked_next_multiple_of(4)? + 4 || u32_at(len - 4)? as usize != len {
+        return None;
+    }
+    Some((len, interfaces.get(u32_at(8)? as usize)?))
+}
+
+fn ng_u32(data: &[u8], at: usize, big_endian: bool) -> Option<u32> {
+    let b = *data.get(at..at + 4)?.first_chunk::<4>()?;
+    Some(if big_endian {
+        u32::from_be_bytes(b)
+    } else {
+        u32::from_le_bytes(b)
+    })
+}
+
+/// The look-ahead cursor of `read_parsed` once `len` bytes are consumed: it moves back by
+/// them, or starts again at the next block if it had not passed them.
+fn after_consuming(len: usize, ahead_at: usize, ahead_n: usize) -> (usize, usize) {
+    if ahead_at >= len && ahead_n > 0 {
+        (ahead_at - len, ahead_n - 1)
+    } else {
+        (0, 0)
+    }
+}
+
 /// Reads the named files in order as one capture (`-` is standard input), handing every
 /// packet to `on_packet`. Stops at the first fault, after everything before it was handed over.
 pub fn read_files(
@@ -99,7 +191,7 @@ fn read_one<'r>(
 ) -> Result<ControlFlow<()>, CaptureError> {
     let head = read_head(source, &mut input)?;
     if head[0..4] == PCAPNG_MAGIC {
-        read_parsed(source, head, input, counters, on_packet)
+        read_parsed(source, head, input, counters, on_packet, true)
     } else {
         read_classic(source, head, input, counters, on_packet)
     }
@@ -161,13 +253,15 @@ fn read_head(source: &str, input: &mut dyn Read) -> Result<Vec<u8>, CaptureError
 }
 
 /// Reads a capture with `pcap-parser`, from its first block `head` on: every pcapng file (and
-/// in tests, classic pcap too, to check [`read_classic`] against it).
+/// in tests, classic pcap too, to check [`read_classic`] against it). `hand_epb`: plain
+/// Enhanced Packet Blocks are read by hand (`plain_epb`; tests check it against without).
 fn read_parsed<'r>(
     source: &str,
     head: Vec<u8>,
     input: Box<dyn Read + Send + 'r>,
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
+    hand_epb: bool,
 ) -> Result<ControlFlow<()>, CaptureError> {
     let err = |kind| CaptureError {
         source: source.to_string(),
@@ -198,6 +292,10 @@ fn read_parsed<'r>(
     let mut ng_big_endian: Option<bool> = None;
     let mut interfaces: Vec<Interface> = Vec::new();
     let mut capacity = BUFFER_BYTES;
+    // The look-ahead cursor of `walk_records`, over blocks: `ahead_n` blocks past the one at
+    // the start of `reader.data()` (counting it), at `ahead_at` bytes into it.
+    let mut ahead_at = 0usize;
+    let mut ahead_n = 0usize;
     loop {
         let offset = reader.consumed() as u64;
         // An absurd record length is corrupt whatever follows it: say so before pcap-parser
@@ -228,6 +326,49 @@ fn read_parsed<'r>(
                 packets,
                 why: format!("block length {len} is below the 12-byte minimum"),
             }));
+        }
+        // The common block by hand: an Enhanced Packet Block without options, whole in the
+        // buffer, of an interface the section described. Anything else goes to pcap-parser,
+        // whose checks stay the reference.
+        if hand_epb
+            && let Some(big_endian) = ng_big_endian
+            && let Some(epb) = plain_epb(reader.data(), big_endian, &interfaces)
+        {
+            let data = reader.data();
+            let mut ahead: &[u8] = &[];
+            while ahead_n <= LOOK_AHEAD {
+                let Some(block) = data.get(ahead_at..) else {
+                    break;
+                };
+                let Some(len) = ng_block_len(block, Some(big_endian))
+                    .filter(|&len| len >= 12 && len <= block.len())
+                else {
+                    break;
+                };
+                if ahead_n == LOOK_AHEAD
+                    && let Some((frame, linktype)) = plain_epb_frame(block, big_endian, &interfaces)
+                    && linktype == epb.linktype
+                {
+                    ahead = frame;
+                }
+                ahead_at += len;
+                ahead_n += 1;
+            }
+            packets += 1;
+            let flow = on_packet(&RawPacket {
+                ts: epb.ts,
+                linktype: epb.linktype,
+                data: epb.data,
+                orig_len: epb.orig_len,
+                ahead,
+            });
+            let len = epb.len;
+            reader.consume(len);
+            (ahead_at, ahead_n) = after_consuming(len, ahead_at, ahead_n);
+            if flow.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            continue;
         }
         let whole_ng_block_buffered = ng_block_buffered(reader.data(), ng_big_endian);
         match reader.next() {
@@ -290,15 +431,9 @@ fn read_parsed<'r>(
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
                         match interfaces.get(epb.if_id as usize) {
                             Some(iface) => {
-                                let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-                                let units = iface.units_per_sec.max(1);
-                                let secs = (raw / units) as i64 + iface.offset_secs;
-                                let nanos = (u128::from(raw % units) * 1_000_000_000
-                                    / u128::from(units))
-                                    as i64;
                                 packets += 1;
                                 flow = on_packet(&RawPacket {
-                                    ts: Ts::from_parts(secs, nanos),
+                                    ts: iface.time(epb.ts_high, epb.ts_low),
                                     linktype: iface.linktype,
                                     data: epb.packet_data(),
                                     orig_len: epb.origlen,
@@ -325,6 +460,7 @@ fn read_parsed<'r>(
                     PcapBlockOwned::NG(_) => counters.skipped_blocks += 1,
                 }
                 reader.consume(len);
+                (ahead_at, ahead_n) = after_consuming(len, ahead_at, ahead_n);
                 if flow.is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
@@ -632,8 +768,9 @@ mod tests {
         let result = if legacy {
             // The code before the fast path: pcap-parser for classic pcap too.
             let mut input = input;
-            read_head("t", &mut input)
-                .and_then(|head| read_parsed("t", head, input, &mut counters, &mut on_packet))
+            read_head("t", &mut input).and_then(|head| {
+                read_parsed("t", head, input, &mut counters, &mut on_packet, false)
+            })
         } else {
             read_one("t", input, &mut counters, &mut on_packet)
         };
@@ -808,6 +945,184 @@ mod tests {
             if what == "whole" {
                 // All but the last LOOK_AHEAD and a few at each refill's end.
                 assert!(shown > 39_000, "{what}: {shown} shown");
+            }
+        }
+    }
+
+    /// One block of `pcapng_of`: (kind 0-6, a number, a flag).
+    type NgBlock = (u8, u16, bool);
+
+    /// A pcapng from random blocks: a section header (little-endian unless `big`), then
+    /// interface descriptions (with and without a timestamp resolution), Enhanced Packet
+    /// Blocks (with and without options, odd lengths, a wrong trailing length, an interface
+    /// not described), Simple Packet Blocks, unknown blocks and new sections in either order.
+    fn pcapng_of(big: bool, blocks: &[NgBlock]) -> Vec<u8> {
+        fn block(out: &mut Vec<u8>, big: bool, kind: u32, body: &[u8], trailer_off: u32) {
+            let u32b = |v: u32| {
+                if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let len = 12 + body.len() as u32;
+            out.extend(u32b(kind));
+            out.extend(u32b(len));
+            out.extend(body);
+            out.extend(u32b(len + trailer_off));
+        }
+        fn shb(out: &mut Vec<u8>, big: bool) {
+            let mut body = Vec::new();
+            body.extend(if big {
+                0x1a2b_3c4d_u32.to_be_bytes()
+            } else {
+                0x1a2b_3c4d_u32.to_le_bytes()
+            });
+            body.extend(if big { [0, 1, 0, 0] } else { [1, 0, 0, 0] });
+            body.extend([0xff; 8]);
+            block(out, big, 0x0a0d_0d0a, &body, 0);
+        }
+        let mut out = Vec::new();
+        let mut big = big;
+        shb(&mut out, big);
+        for (n, &(kind, number, flag)) in blocks.iter().enumerate() {
+            let u16b = |v: u16| {
+                if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let u32b = |v: u32| {
+                if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let mut body = Vec::new();
+            match kind {
+                0 => {
+                    body.extend(u16b(1));
+                    body.extend(u16b(0));
+                    body.extend(u32b(65535));
+                    if flag {
+                        // if_tsresol: 10^-(number % 10) seconds.
+                        body.extend(u16b(9));
+                        body.extend(u16b(1));
+                        body.extend([(number % 10) as u8, 0, 0, 0]);
+                        body.extend([0; 4]);
+                    }
+                    block(&mut out, big, 1, &body, 0);
+                }
+                1..=3 => {
+                    let caplen = u32::from(number % 90);
+                    body.extend(u32b(u32::from(number % 3)));
+                    body.extend(u32b(n as u32));
+                    body.extend(u32b(1000 * n as u32));
+                    body.extend(u32b(caplen));
+                    body.extend(u32b(caplen + 7));
+                    body.extend((0..caplen).map(|i| (i as u8) ^ kind));
+                    body.resize(body.len().next_multiple_of(4), 0);
+                    if flag && kind == 2 {
+                        // epb_flags, then the end of options.
+                        body.extend(u16b(2));
+                        body.extend(u16b(4));
+                        body.extend(u32b(1));
+                        body.extend([0; 4]);
+                    }
+                    let trailer_off = u32::from(flag && kind == 3) * 4;
+                    block(&mut out, big, 6, &body, trailer_off);
+                }
+                4 => {
+                    let caplen = u32::from(number % 40);
+                    body.extend(u32b(caplen));
+                    body.extend((0..caplen).map(|i| i as u8));
+                    body.resize(body.len().next_multiple_of(4), 0);
+                    block(&mut out, big, 3, &body, 0);
+                }
+                5 => block(&mut out, big, 0xbad, &[1, 2, 3, 4], 0),
+                _ => {
+                    big = flag;
+                    shb(&mut out, big);
+                }
+            }
+        }
+        out
+    }
+
+    /// Enhanced Packet Blocks read by hand give what pcap-parser gives, whole, trickled and
+    /// cut anywhere: every packet, counter and error.
+    #[test]
+    fn hand_read_packet_blocks_are_what_pcap_parser_reads() {
+        use proptest::prelude::*;
+        let block = (0u8..7, any::<u16>(), any::<bool>());
+        let strategy = (
+            any::<bool>(),
+            proptest::collection::vec(block, 0..40),
+            any::<u16>(),
+        );
+        crate::seeded_runner(400)
+            .run(&strategy, |(big, blocks, cut)| {
+                let bytes = pcapng_of(big, &blocks);
+                same_as_pcap_parser(&bytes, "whole");
+                let cut = bytes.len() * usize::from(cut) / 65536;
+                same_as_pcap_parser(&bytes[..cut.max(1)], "cut");
+                Ok(())
+            })
+            .unwrap();
+        // The generator makes blocks of every kind the hand reader takes and passes over.
+        let plain = pcapng_of(false, &[(0, 0, false), (1, 3, false), (1, 6, false)]);
+        let out = new_reader(&plain);
+        assert_eq!(out.packets.len(), 2);
+        assert_eq!(out.result, Ok(ControlFlow::Continue(())));
+    }
+
+    /// In pcapng too, each packet is shown the frame LOOK_AHEAD blocks later or nothing.
+    #[test]
+    fn pcapng_packets_are_shown_the_frame_ahead() {
+        // A section, an interface, then 20,000 packets of 20-219 bytes, each starting with its
+        // number (about 3 MiB: the reader's buffer is refilled).
+        let mut bytes = pcapng_of(false, &[(0, 0, false)]);
+        let frames: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| {
+                let mut data = i.to_le_bytes().to_vec();
+                data.resize(20 + (i as usize * 37) % 200, (i % 251) as u8);
+                data
+            })
+            .collect();
+        for data in &frames {
+            let padded = data.len().next_multiple_of(4);
+            let len = (32 + padded) as u32;
+            for v in [6, len, 0, 0, 0, data.len() as u32, data.len() as u32] {
+                bytes.extend(v.to_le_bytes());
+            }
+            bytes.extend(data);
+            bytes.resize(bytes.len() + padded - data.len(), 0);
+            bytes.extend(len.to_le_bytes());
+        }
+        let number = |frame: &[u8]| u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        for (input, what) in [
+            (Box::new(&bytes[..]) as Box<dyn Read + Send>, "whole"),
+            (trickle(&bytes), "trickled"),
+        ] {
+            let (mut shown, mut seen) = (0, 0u32);
+            let mut on_packet = |p: &RawPacket<'_>| {
+                assert_eq!(number(p.data), seen, "{what}");
+                if !p.ahead.is_empty() {
+                    let want = &frames[seen as usize + LOOK_AHEAD];
+                    assert_eq!(p.ahead, &want[..], "{what}: packet {seen}");
+                    shown += 1;
+                }
+                seen += 1;
+                ControlFlow::Continue(())
+            };
+            let mut counters = ContainerCounters::default();
+            let result = read_one("t", input, &mut counters, &mut on_packet);
+            assert_eq!(result, Ok(ControlFlow::Continue(())), "{what}");
+            assert_eq!(seen, 20_000, "{what}");
+            if what == "whole" {
+                assert!(shown > 19_000, "{what}: {shown} shown");
             }
         }
     }
