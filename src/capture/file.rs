@@ -1,6 +1,6 @@
-//! Reading pcap and pcapng files: classic pcap by hand, pcapng with `pcap-parser`. Records
-//! are borrowed from one growing buffer, so a file is read with large sequential reads and
-//! no copy per packet.
+//! Reading pcap and pcapng files: classic pcap by hand, pcapng with `pcap-parser` (its plain
+//! Enhanced Packet Blocks by hand). Records are borrowed from one growing buffer, so a file is
+//! read with large sequential reads and no copy per packet.
 
 use std::fs::File;
 use std::io::Read;
