@@ -58,35 +58,24 @@ fn plain_epb<'a>(
     big_endian: bool,
     interfaces: &[Interface],
 ) -> Option<PlainEpb<'a>> {
-    let (len, iface) = plain_epb_head(data, big_endian, interfaces)?;
+    let (len, iface, frame) = plain_epb_parts(data, big_endian, interfaces)?;
     let u32_at = |at| ng_u32(data, at, big_endian);
-    let caplen = u32_at(20)? as usize;
     Some(PlainEpb {
         len,
         ts: iface.time(u32_at(12)?, u32_at(16)?),
         linktype: iface.linktype,
-        data: data.get(28..28 + caplen)?,
+        data: frame,
         orig_len: u32_at(24)?,
     })
 }
 
-/// The frame and link type of `plain_epb`'s block, for the look ahead.
-fn plain_epb_frame<'a>(
+/// `plain_epb`'s checks, and what the look ahead needs: the block's length, its interface
+/// and its frame.
+fn plain_epb_parts<'a, 'i>(
     data: &'a [u8],
     big_endian: bool,
-    interfaces: &[Interface],
-) -> Option<(&'a [u8], i32)> {
-    let (_, iface) = plain_epb_head(data, big_endian, interfaces)?;
-    let caplen = ng_u32(data, 20, big_endian)? as usize;
-    Some((data.get(28..28 + caplen)?, iface.linktype))
-}
-
-/// `plain_epb`'s checks: the block's length and its interface.
-fn plain_epb_head<'i>(
-    data: &[u8],
-    big_endian: bool,
     interfaces: &'i [Interface],
-) -> Option<(usize, &'i Interface)> {
+) -> Option<(usize, &'i Interface, &'a [u8])> {
     const EPB: u32 = 6;
     let u32_at = |at| ng_u32(data, at, big_endian);
     if u32_at(0)? != EPB {
@@ -98,7 +87,8 @@ fn plain_epb_head<'i>(
     if len != 28 + caplen.checked_next_multiple_of(4)? + 4 || u32_at(len - 4)? as usize != len {
         return None;
     }
-    Some((len, interfaces.get(u32_at(8)? as usize)?))
+    let iface = interfaces.get(u32_at(8)? as usize)?;
+    Some((len, iface, data.get(28..28 + caplen)?))
 }
 
 fn ng_u32(data: &[u8], at: usize, big_endian: bool) -> Option<u32> {
@@ -346,8 +336,8 @@ fn read_parsed<'r>(
                     break;
                 };
                 if ahead_n == LOOK_AHEAD
-                    && let Some((frame, linktype)) = plain_epb_frame(block, big_endian, &interfaces)
-                    && linktype == epb.linktype
+                    && let Some((_, iface, frame)) = plain_epb_parts(block, big_endian, &interfaces)
+                    && iface.linktype == epb.linktype
                 {
                     ahead = frame;
                 }
@@ -718,19 +708,10 @@ fn walk_records<const BIG_ENDIAN: bool>(
 /// known and the 8-byte block start is buffered. Not for a Section Header Block, whose byte
 /// order is its own (pcap-parser checks its length).
 fn ng_block_len(data: &[u8], big_endian: Option<bool>) -> Option<usize> {
-    let (Some(big), Some(head)) = (big_endian, data.get(0..8)) else {
-        return None;
-    };
-    if head[0..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
+    if data.get(0..4)? == [0x0a, 0x0d, 0x0d, 0x0a] {
         return None;
     }
-    let len = [head[4], head[5], head[6], head[7]];
-    let len = if big {
-        u32::from_be_bytes(len)
-    } else {
-        u32::from_le_bytes(len)
-    };
-    Some(len as usize)
+    Some(ng_u32(data, 4, big_endian?)? as usize)
 }
 
 /// Is the whole of the next pcapng block (by its leading length) already in `data`? Then a

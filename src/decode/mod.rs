@@ -159,25 +159,14 @@ pub enum LengthDoubt {
 #[inline]
 pub fn syn_ahead(linktype: i32, frame: &[u8]) -> Option<(SockAddr, SockAddr)> {
     const ETHERNET: i32 = 1;
-    // Ethernet with IPv4 without options first: nearly every frame of a capture on an
-    // interface, and most are not SYNs, which the flags byte at a fixed place tells.
+    // Ethernet with IPv4 without options: nearly every frame of a capture on an interface,
+    // and most are not SYNs, which the protocol and flags bytes at fixed places tell.
     if linktype == ETHERNET
         && let Some(head) = frame.first_chunk::<{ 14 + 20 + 14 }>()
         && head[12..15] == [8, 0, 0x45]
+        && (head[23] != TCP || head[47] & (flags::SYN | flags::ACK | flags::RST) != flags::SYN)
     {
-        if head[23] != TCP || head[47] & (flags::SYN | flags::ACK | flags::RST) != flags::SYN {
-            return None;
-        }
-        let addr = |at: usize, port_at: usize| SockAddr {
-            ip: IpAddr::V4(Ipv4Addr::new(
-                head[at],
-                head[at + 1],
-                head[at + 2],
-                head[at + 3],
-            )),
-            port: u16::from_be_bytes([head[port_at], head[port_at + 1]]),
-        };
-        return Some((addr(26, 34), addr(30, 36)));
+        return None;
     }
     let ip = if linktype == ETHERNET && frame.get(12..14) == Some(&[8, 0]) {
         frame.get(14..)?
