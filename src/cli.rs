@@ -1935,11 +1935,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let (outcome, source_end, listeners, conns) = if args.all {
                 let (mut outcome, source_end) = run_records(&args.input, args.at.as_deref())?;
                 let conns = std::mem::take(&mut outcome.connections);
-                let mut listeners = states::Listeners::default();
-                for c in &conns {
-                    listeners.add(c);
-                }
-                (outcome, source_end, listeners, conns)
+                (outcome, source_end, states::Listeners::of(&conns), conns)
             } else {
                 // Only the records with a socket left are kept as they end.
                 let mut keeping = StatesKeep {

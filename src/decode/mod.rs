@@ -19,6 +19,11 @@ pub mod flags {
     pub const URG: u8 = 0x20;
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
+
+    /// A SYN without ACK or RST: what opens a connection.
+    pub fn opens(bits: u8) -> bool {
+        bits & (SYN | ACK | RST) == SYN
+    }
 }
 
 /// An address and port, printed as `ss` prints them: `10.0.0.1:80`, `[::1]:80`.
@@ -164,7 +169,7 @@ pub fn syn_ahead(linktype: i32, frame: &[u8]) -> Option<(SockAddr, SockAddr)> {
     if linktype == ETHERNET
         && let Some(head) = frame.first_chunk::<{ 14 + 20 + 14 }>()
         && head[12..15] == [8, 0, 0x45]
-        && (head[23] != TCP || head[47] & (flags::SYN | flags::ACK | flags::RST) != flags::SYN)
+        && (head[23] != TCP || !flags::opens(head[47]))
     {
         return None;
     }
@@ -176,13 +181,12 @@ pub fn syn_ahead(linktype: i32, frame: &[u8]) -> Option<(SockAddr, SockAddr)> {
             _ => return None,
         }
     };
-    let syn_only = |tcp: &[u8; 14]| tcp[13] & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
     let port = |tcp: &[u8; 14], at: usize| u16::from_be_bytes([tcp[at], tcp[at + 1]]);
     match ip.first()? >> 4 {
         4 => {
             let h = ip.first_chunk::<20>()?;
             let tcp = ip.get(usize::from(h[0] & 0xf) * 4..)?.first_chunk::<14>()?;
-            if h[9] != TCP || !syn_only(tcp) {
+            if h[9] != TCP || !flags::opens(tcp[13]) {
                 return None;
             }
             let v4 = |at: usize| IpAddr::V4(Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]));
@@ -200,7 +204,7 @@ pub fn syn_ahead(linktype: i32, frame: &[u8]) -> Option<(SockAddr, SockAddr)> {
         6 => {
             let h = ip.first_chunk::<40>()?;
             let tcp = ip.get(40..)?.first_chunk::<14>()?;
-            if h[6] != TCP || !syn_only(tcp) {
+            if h[6] != TCP || !flags::opens(tcp[13]) {
                 return None;
             }
             let v6 = |at: usize| {
@@ -683,7 +687,7 @@ mod tests {
                     let Ok(Decoded::Tcp(seg)) = decode(link, &frame) else {
                         return Ok(());
                     };
-                    let syn_only = seg.flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
+                    let syn_only = flags::opens(seg.flags);
                     let got = syn_ahead(linktype, &frame);
                     if let Some(addrs) = got {
                         prop_assert!(syn_only);

@@ -644,7 +644,7 @@ fn starts_new_connection(
     cfg: &EngineConfig,
 ) -> bool {
     let sender = conn.end(side);
-    if seg.has(flags::SYN) && !seg.has(flags::ACK) && !seg.has(flags::RST) {
+    if flags::opens(seg.flags) {
         if sender.isn() == Some(seg.seq) {
             return false; // a retransmission
         }

@@ -50,21 +50,21 @@ impl Slab {
             .expect("flow table index points at an empty slot")
     }
 
-    /// The record in a slot that may be empty or never made (a hint's slot).
-    pub fn try_get(&self, slot: SlotId) -> Option<&Connection> {
+    /// The place of a slot that may never have been made (a hint's slot).
+    fn place(&self, slot: SlotId) -> Option<&Option<Connection>> {
         self.chunks
             .get(slot as usize / CHUNK)?
-            .get(slot as usize % CHUNK)?
-            .as_ref()
+            .get(slot as usize % CHUNK)
+    }
+
+    /// The record in a slot that may be empty or never made.
+    pub fn try_get(&self, slot: SlotId) -> Option<&Connection> {
+        self.place(slot)?.as_ref()
     }
 
     /// Starts loading a slot's record into the cache, if the slot was ever made.
     pub fn prefetch(&self, slot: SlotId) {
-        if let Some(place) = self
-            .chunks
-            .get(slot as usize / CHUNK)
-            .and_then(|chunk| chunk.get(slot as usize % CHUNK))
-        {
+        if let Some(place) = self.place(slot) {
             super::prefetch::lines_of(place);
         }
     }

@@ -570,8 +570,7 @@ fn opening_syn(item: &Item) -> Option<(SockAddr, SockAddr)> {
     match item {
         Item::Segment { admitted, .. } => {
             let seg = &admitted.seg;
-            let syn_only = seg.flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
-            syn_only.then_some((seg.src, seg.dst))
+            flags::opens(seg.flags).then_some((seg.src, seg.dst))
         }
         Item::Sweep { .. } => None,
     }

@@ -62,11 +62,7 @@ impl HostFilter {
 }
 
 pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
-    let mut listeners = Listeners::default();
-    for c in conns {
-        listeners.add(c);
-    }
-    socket_rows_with(&listeners, conns, sel)
+    socket_rows_with(&Listeners::of(conns), conns, sel)
 }
 
 /// Listeners deduced from SYN-ACKs answering a SYN (not from a simultaneous open): each
@@ -75,6 +71,15 @@ pub fn socket_rows(conns: &[Connection], sel: &Selection) -> Vec<SocketRow> {
 pub struct Listeners(BTreeMap<SockAddr, Ts>);
 
 impl Listeners {
+    /// The listeners of all of `conns`.
+    pub fn of(conns: &[Connection]) -> Listeners {
+        let mut listeners = Listeners::default();
+        for c in conns {
+            listeners.add(c);
+        }
+        listeners
+    }
+
     pub fn add(&mut self, c: &Connection) {
         if let Some(first) = c.synack_first.get()
             && !c.direction_guessed
@@ -427,10 +432,7 @@ mod tests {
                 .unwrap();
                 engine.finish().connections
             };
-            let mut listeners = Listeners::default();
-            for c in &conns {
-                listeners.add(c);
-            }
+            let listeners = Listeners::of(&conns);
             let server = conns[0].end(Side::Server).addr;
             for sel in [
                 Selection {
