@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::analysis::findings::{self, DiagnoseConfig};
-use crate::analysis::{summarize, summarize_without_addrs, summary};
+use crate::analysis::{summarize, summary};
 use crate::capture::filter::PacketFilter;
 use crate::capture::live::{self, LiveCapture, LiveControl, LiveOptions, LiveStats};
 use crate::capture::{ContainerCounters, PacketFn, file};
@@ -982,7 +982,7 @@ struct ConnsStream {
     format: ConnsFormat,
     table: conns::TableStream,
     /// The capture's first packet time (the text table's START is relative to it).
-    start: Option<f64>,
+    start: Option<Ts>,
     header_written: bool,
     /// Records handed over at the finish, written a batch at a time.
     batch: Vec<Connection>,
@@ -1017,8 +1017,7 @@ impl ConnsStream {
             }
             ConnsFormat::Text => {
                 for c in conns {
-                    let addrs = (c.end(Side::Client).addr, c.end(Side::Server).addr);
-                    table.row(out, &summarize_without_addrs(c, end), addrs, start)?;
+                    table.row(out, c, end, start)?;
                 }
                 Ok(())
             }
@@ -1049,13 +1048,13 @@ impl MergedSink for ConnsStream {
         first: Option<Ts>,
     ) -> ControlFlow<()> {
         if self.start.is_none() {
-            self.start = first.map(Ts::as_secs_f64);
+            self.start = first;
         }
         self.write_rows(conns, now)
     }
     fn at_end(&mut self, end: Option<Ts>, first: Option<Ts>) {
         if self.start.is_none() {
-            self.start = first.map(Ts::as_secs_f64);
+            self.start = first;
         }
         self.end = end.unwrap_or_default();
     }
@@ -1067,7 +1066,7 @@ impl MergedSink for ConnsStream {
 impl Watcher for ConnsStream {
     fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
         if self.start.is_none() {
-            self.start = engine.first_time().map(Ts::as_secs_f64);
+            self.start = engine.first_time();
         }
         if !engine.has_ended() {
             return ControlFlow::Continue(());

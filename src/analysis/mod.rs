@@ -15,6 +15,49 @@ fn dur(from: Ts, to: Ts) -> f64 {
     duration_secs(to.since(from))
 }
 
+/// Where a record's time ends: when a new connection took its 4-tuple, tracking stopped
+/// (`--max-conns`, an idle timeout), or else its last packet.
+pub fn record_end(c: &Connection) -> Ts {
+    c.superseded_at()
+        .get()
+        .or(c.evicted_at().get())
+        .or(c.expired_at().get())
+        .unwrap_or(c.last)
+        .max(c.last)
+}
+
+/// From the client's first SYN to the handshake's end, if the handshake completed.
+pub fn handshake_span(c: &Connection) -> Option<(Ts, Ts)> {
+    if c.handshake() != Handshake::Completed {
+        return None;
+    }
+    c.syn_first(Side::Client).get().zip(c.handshake_done.get())
+}
+
+/// "client", "server", "simultaneous" (crossed FINs), or none.
+pub fn first_closer(c: &Connection) -> Option<&'static str> {
+    if c.crossed_fins {
+        Some("simultaneous")
+    } else {
+        c.first_closer().map(Side::name)
+    }
+}
+
+/// A side's TIME_WAIT: its start, its end (the capture's end if it was still running) and
+/// why it ended.
+pub fn time_wait_span(
+    c: &Connection,
+    side: Side,
+    end_of_capture: Ts,
+) -> Option<(Ts, Ts, TimeWaitEnd)> {
+    c.time_wait(side).map(|tw| {
+        let (until, why) = tw
+            .end
+            .unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));
+        (tw.start, until, why)
+    })
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ConnSummary {
     pub id: u64,
@@ -82,22 +125,12 @@ pub fn summarize(c: &Connection, end_of_capture: Ts) -> ConnSummary {
 pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummary {
     let client = c.end(Side::Client);
     let server = c.end(Side::Server);
-    let end = c
-        .superseded_at()
-        .get()
-        .or(c.evicted_at().get())
-        .or(c.expired_at().get())
-        .unwrap_or(c.last)
-        .max(c.last);
+    let end = record_end(c);
     let syn = c.syn_first(Side::Client).get();
     let synack = c.synack_first.get();
     let done = c.handshake_done.get();
     let fins = c.fin_times();
-    let first_closer = if c.crossed_fins {
-        Some("simultaneous")
-    } else {
-        c.first_closer().map(Side::name)
-    };
+    let first_closer = first_closer(c);
     let half_close = match fins.as_slice() {
         [a, b] => Some((dur(*a, *b), false)),
         [a] if c.reset().is_none() => Some((dur(*a, end_of_capture.max(*a)), true)),
@@ -105,12 +138,8 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         _ => None,
     };
     let tw = |side: Side| {
-        c.time_wait(side).map(|tw| {
-            let (until, why) = tw
-                .end
-                .unwrap_or((end_of_capture, TimeWaitEnd::CaptureEnded));
-            (secs(tw.start), dur(tw.start, until), why.name())
-        })
+        time_wait_span(c, side, end_of_capture)
+            .map(|(start, until, why)| (secs(start), dur(start, until), why.name()))
     };
     let (ctw, stw) = (tw(Side::Client), tw(Side::Server));
     let handshake = c.handshake();
@@ -132,11 +161,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
         handshake: handshake.name(),
         syn_to_synack: syn.zip(synack).map(|(a, b)| dur(a, b)),
         synack_to_ack: synack.zip(done).map(|(a, b)| dur(a, b)),
-        handshake_time: if handshake == Handshake::Completed {
-            syn.zip(done).map(|(a, b)| dur(a, b))
-        } else {
-            None
-        },
+        handshake_time: handshake_span(c).map(|(a, b)| dur(a, b)),
         syn_retransmits: c.syn_retransmits(Side::Client),
         synack_retransmits: c.synack_retransmits(Side::Server),
         first_closer,
