@@ -1071,8 +1071,13 @@ impl Watcher for ConnsStream {
         if !engine.has_ended() {
             return ControlFlow::Continue(());
         }
-        let ended = engine.take_ended();
-        self.write_rows(&ended, engine.now().unwrap_or_default())
+        // The batch's allocation serves as the spare (it is empty until the finish).
+        let mut ended = std::mem::take(&mut self.batch);
+        engine.take_ended_into(&mut ended);
+        let flow = self.write_rows(&ended, engine.now().unwrap_or_default());
+        ended.clear();
+        self.batch = ended;
+        flow
     }
     fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
         self.after_packet(engine)

@@ -303,6 +303,13 @@ impl FlowTable {
         std::mem::take(&mut self.ended)
     }
 
+    /// `take_ended` into `into` (emptied first), whose allocation the table keeps for the
+    /// next: no allocation per ended record for a caller that takes them after each packet.
+    pub fn take_ended_into(&mut self, into: &mut Vec<Connection>) {
+        into.clear();
+        std::mem::swap(into, &mut self.ended);
+    }
+
     /// Feeds one segment; returns the id of the connection it was given to.
     pub fn on_segment(
         &mut self,

@@ -293,6 +293,14 @@ impl Engine {
         ended
     }
 
+    /// `take_ended` into `into` (emptied first), reusing its allocation.
+    pub fn take_ended_into(&mut self, into: &mut Vec<Connection>) {
+        self.table.take_ended_into(into);
+        for c in into.iter() {
+            self.taken_anomalies.add(c);
+        }
+    }
+
     /// Whether `take_transitions` has any to give (cheap, for a check after every packet).
     pub fn has_transitions(&self) -> bool {
         self.transitions.as_ref().is_some_and(|t| !t.is_empty())
