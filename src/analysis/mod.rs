@@ -43,6 +43,16 @@ pub fn first_closer(c: &Connection) -> Option<&'static str> {
     }
 }
 
+/// From the first FIN to the second, to the reset, or (still open) to the capture's end.
+pub fn half_close(c: &Connection, end_of_capture: Ts) -> Option<(Ts, Ts, bool)> {
+    match c.fin_times().as_slice() {
+        [a, b] => Some((*a, *b, false)),
+        [a] if c.reset().is_none() => Some((*a, end_of_capture.max(*a), true)),
+        [a] => Some((*a, c.reset().map_or(*a, |r| r.ts), false)),
+        _ => None,
+    }
+}
+
 /// A side's TIME_WAIT: its start, its end (the capture's end if it was still running) and
 /// why it ended.
 pub fn time_wait_span(
@@ -131,12 +141,7 @@ pub fn summarize_without_addrs(c: &Connection, end_of_capture: Ts) -> ConnSummar
     let done = c.handshake_done.get();
     let fins = c.fin_times();
     let first_closer = first_closer(c);
-    let half_close = match fins.as_slice() {
-        [a, b] => Some((dur(*a, *b), false)),
-        [a] if c.reset().is_none() => Some((dur(*a, end_of_capture.max(*a)), true)),
-        [a] => Some((dur(*a, c.reset().map_or(*a, |r| r.ts)), false)),
-        _ => None,
-    };
+    let half_close = half_close(c, end_of_capture).map(|(a, b, open)| (dur(a, b), open));
     let tw = |side: Side| {
         time_wait_span(c, side, end_of_capture)
             .map(|(start, until, why)| (secs(start), dur(start, until), why.name()))

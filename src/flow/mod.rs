@@ -45,7 +45,10 @@ fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
     let (x, y) = (bits(a), bits(b));
     let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
     let ports = (u32::from(lo.1) << 16) | u32::from(hi.1);
-    (hasher.hash_one((lo.0, hi.0, ports, a.ip.is_ipv6())) >> 32) as u32
+    // Both ends' family: the same either way round, even for a pair no IP header carries
+    // (one of each family), which the flow table's public API accepts.
+    let v6 = a.ip.is_ipv6() | b.ip.is_ipv6();
+    (hasher.hash_one((lo.0, hi.0, ports, v6)) >> 32) as u32
 }
 
 /// The index's 64-bit hash from a kept 32-bit one: a multiply by an odd constant spreads
@@ -685,6 +688,50 @@ mod tests {
             wscale: None,
             payload_len: 0,
         }
+    }
+
+    /// A 4-tuple with one end of each family (no IP header carries one, but the table's API
+    /// takes it) hashes alike both ways round: its record leaves the index when it ends, and
+    /// a later lookup finds no stale entry (found by the row writers' random records: it
+    /// panicked on an empty slot).
+    #[test]
+    fn mixed_family_tuple_leaves_the_index_with_its_record() {
+        let cfg = EngineConfig::default();
+        let (v6, v4): (SockAddr, SockAddr) =
+            ("[::1]:443".parse().unwrap(), "10.0.0.1:80".parse().unwrap());
+        let seg = |src, dst, flags| Segment {
+            src,
+            dst,
+            seq: 1,
+            ack: 0,
+            flags,
+            window: 100,
+            wscale: None,
+            payload_len: 0,
+        };
+        let mut table = FlowTable::new();
+        // A SYN-ACK first: the record's client is the packet's destination, so the record's
+        // ends are the packet's addresses the other way round.
+        table.on_segment(
+            &seg(v6, v4, flags::SYN | flags::ACK),
+            Ts(0),
+            1,
+            &cfg,
+            &mut None,
+        );
+        // Other tuples take the last slot; a day later the sweep ends the first record, and
+        // its tuple comes back by the index.
+        table.on_segment(&seg(v4, v4, flags::SYN), Ts(0), 2, &cfg, &mut None);
+        let day = Ts(86_400_000_000_001);
+        let other: SockAddr = "[2001:db8::1]:443".parse().unwrap();
+        table.on_segment(&seg(other, v4, flags::SYN), day, 3, &cfg, &mut None);
+        table.on_segment(&seg(v6, v4, flags::SYN), day, 4, &cfg, &mut None);
+        let ids: Vec<u64> = table
+            .finish(day, &cfg, &mut None)
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
     }
 
     /// The slot the last packet used is never trusted after its record left: a record that

@@ -424,7 +424,7 @@ mod tests {
     use super::*;
     use crate::analysis::summarize;
     use crate::decode::{Segment, SockAddr, flags};
-    use crate::flow::{EngineConfig, FlowTable};
+    use crate::report::testing::{random_gap, random_records};
 
     const FIRST: Ts = Ts(1_700_000_000_000_000_000);
 
@@ -506,82 +506,12 @@ mod tests {
         assert_eq!(order, came);
     }
 
-    /// Records of random exchanges between a few addresses (IPv4 and IPv6, some wider than
-    /// any column), at times near the ties of the places shown: handshakes, closes, resets,
-    /// retransmissions, TIME_WAITs ended by time, by a new SYN or by the capture's end.
-    fn random_records(steps: &[(u8, u8, u8, u8, u16, i64)], start: i64) -> (Vec<Connection>, Ts) {
-        // Both ends of a segment are of one family, as in an IP header.
-        let addrs: [SockAddr; 4] = [
-            "10.0.0.1:40000".parse().unwrap(),
-            "192.168.100.200:80".parse().unwrap(),
-            "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
-                .parse()
-                .unwrap(),
-            "[::1]:443".parse().unwrap(),
-        ];
-        let family = |pick: u8, of: u8| usize::from(of % 2 * 2 + pick % 2);
-        let cfg = EngineConfig::default();
-        let mut table = FlowTable::new();
-        let mut now = FIRST.0 + start;
-        let mut next_seq = [1000u32, 5000, 9000, 13000];
-        for (n, &(from, to, flag_pick, seq_pick, len, gap)) in steps.iter().enumerate() {
-            let (src, dst) = (addrs[family(from, to / 2)], addrs[family(to, to / 2)]);
-            const FLAGS: [u8; 8] = [
-                flags::SYN,
-                flags::SYN | flags::ACK,
-                flags::ACK,
-                flags::ACK | flags::PSH,
-                flags::FIN | flags::ACK,
-                flags::RST,
-                flags::RST | flags::ACK,
-                flags::ACK,
-            ];
-            let (from_at, to_at) = (family(from, to / 2), family(to, to / 2));
-            let flags = FLAGS[usize::from(flag_pick % 8)];
-            // Mostly the sequence and acknowledgment numbers a real peer would use (each
-            // address's next one), sometimes one off or far off.
-            let near = |next: u32, pick: u8| match pick % 8 {
-                0..5 => next,
-                5 => next.wrapping_sub(1),
-                6 => next.wrapping_add(1),
-                _ => next.wrapping_add(70_000),
-            };
-            let seq = near(next_seq[from_at], seq_pick);
-            let ack = near(next_seq[to_at], seq_pick / 8);
-            let payload_len = u32::from(len % 3) * 100;
-            let seg = Segment {
-                src,
-                dst,
-                seq,
-                ack,
-                flags,
-                window: 1000,
-                wscale: None,
-                payload_len,
-            };
-            if seq == next_seq[from_at] {
-                next_seq[from_at] = seq.wrapping_add(seg.seq_len());
-            }
-            now += gap;
-            table.on_segment(&seg, Ts(now), n as u64 + 1, &cfg, &mut None);
-        }
-        let end = Ts(now + steps.first().map_or(0, |s| s.5));
-        (table.finish(end, &cfg, &mut None), end)
-    }
-
     /// A streamed line is the line `write_table_line` makes from the cells of the record's
     /// summary, to the byte, for all kinds of records, times and column widths.
     #[test]
     fn streamed_line_equals_table_line() {
         use proptest::prelude::*;
-        // Gaps of whole milliseconds and tenths of seconds, with ties of the places shown
-        // (0.5 ms, 50 ms) and a few microseconds either side of them.
-        let gap = prop_oneof![
-            0i64..3_000_000_000,
-            (0i64..2000, -6i64..=6).prop_map(|(ms, us)| ms * 1_000_000 + 500_000 + us * 1000),
-            (0i64..200, -6i64..=6).prop_map(|(t, us)| t * 100_000_000 + 50_000_000 + us * 1000),
-            (0i64..5, 0i64..1_000_000_000).prop_map(|(d, ns)| d * 86_400_000_000_000 + ns),
-        ];
+        let gap = random_gap();
         let step = (
             any::<u8>(),
             any::<u8>(),
@@ -606,7 +536,7 @@ mod tests {
                     any::<bool>(),
                 ),
                 |(steps, start, widths, big_counts)| {
-                    let (mut conns, end) = random_records(&steps, start);
+                    let (mut conns, end) = random_records(&steps, FIRST.0 + start);
                     for c in &mut conns {
                         if big_counts {
                             c.ends[0].packets = u64::MAX;

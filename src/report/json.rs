@@ -9,13 +9,15 @@
 use std::io::{self, Write};
 use std::net::IpAddr;
 
-use crate::analysis::{ConnSummary, summarize_without_addrs};
+use crate::analysis::{
+    ConnSummary, first_closer, half_close, handshake_span, record_end, time_wait_span,
+};
 use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::{Side, Transition};
 use crate::report::events::ConnFacts;
 use crate::report::packet::flag_letters_in;
-use crate::time::Ts;
+use crate::time::{Dur, Ts, duration_secs, epoch_secs};
 
 /// Chunk size handed to the writer: at least the 64 KB of the output's `BufWriter`, so a
 /// chunk goes straight through instead of being copied again.
@@ -40,9 +42,7 @@ pub fn write_records_json_lines(
 ) -> io::Result<()> {
     let mut w = RowWriter::with_capacity(conns.len().saturating_mul(800).min(CHUNK + 4096));
     for c in conns {
-        let r = summarize_without_addrs(c, end_of_capture);
-        let (client, server) = (c.end(Side::Client).addr, c.end(Side::Server).addr);
-        w.conn_row(&r, Addr::Sock(client), Addr::Sock(server));
+        w.record_row(c, end_of_capture);
         w.flush_if_full(out)?;
     }
     w.flush(out)
@@ -72,6 +72,10 @@ pub enum Addr<'a> {
     Text(&'a str),
     Sock(SockAddr),
 }
+
+/// 2^51 µs in nanoseconds (the year 2041): below it `epoch_secs`' float arithmetic is
+/// close enough for `RowWriter::epoch` to tell its rounding from the integers.
+const EPOCH_NANOS_EXACT: i64 = (1 << 51) * 1000;
 
 /// Builds JSON lines in a reused buffer.
 pub struct RowWriter {
@@ -208,6 +212,172 @@ impl RowWriter {
         self.raw(b"}\n");
     }
 
+    /// Appends the line `conn_row` writes for `summarize(c, end_of_capture)`, from the record:
+    /// no summary struct, times written from their integer nanoseconds.
+    pub fn record_row(&mut self, c: &Connection, end_of_capture: Ts) {
+        let (client, server) = (c.end(Side::Client), c.end(Side::Server));
+        let end = record_end(c);
+        let (syn, synack) = (c.syn_first(Side::Client).get(), c.synack_first.get());
+        let done = c.handshake_done.get();
+        let reset = c.reset();
+        self.raw(b"{\"id\":");
+        self.uint(c.id);
+        self.raw(b",\"client\":");
+        self.addr(Addr::Sock(client.addr));
+        self.raw(b",\"server\":");
+        self.addr(Addr::Sock(server.addr));
+        self.raw(b",\"direction_guessed\":");
+        self.bool(c.direction_guessed);
+        self.raw(b",\"partial\":");
+        self.bool(c.partial);
+        self.raw(b",\"evicted\":");
+        self.bool(c.evicted_at().is_some());
+        self.raw(b",\"expired\":");
+        self.bool(c.expired_at().is_some());
+        self.raw(b",\"start\":");
+        self.epoch(c.start);
+        self.raw(b",\"end\":");
+        self.epoch(end);
+        self.raw(b",\"duration\":");
+        self.span(c.start, end);
+        self.raw(b",\"client_state\":");
+        self.name(client.state.name());
+        self.raw(b",\"server_state\":");
+        self.name(server.state.name());
+        self.raw(b",\"client_state_inferred\":");
+        self.bool(client.inferred);
+        self.raw(b",\"server_state_inferred\":");
+        self.bool(server.inferred);
+        self.raw(b",\"handshake\":");
+        self.name(c.handshake().name());
+        self.raw(b",\"syn_to_synack\":");
+        self.opt_span(syn.zip(synack));
+        self.raw(b",\"synack_to_ack\":");
+        self.opt_span(synack.zip(done));
+        self.raw(b",\"handshake_time\":");
+        self.opt_span(handshake_span(c));
+        self.raw(b",\"syn_retransmits\":");
+        self.uint(c.syn_retransmits(Side::Client));
+        self.raw(b",\"synack_retransmits\":");
+        self.uint(c.synack_retransmits(Side::Server));
+        self.raw(b",\"first_closer\":");
+        self.opt_name(first_closer(c));
+        self.raw(b",\"first_fin_time\":");
+        match c.fin_times().first() {
+            Some(t) => self.epoch(*t),
+            None => self.raw(b"null"),
+        }
+        let half = half_close(c, end_of_capture);
+        self.raw(b",\"half_close_duration\":");
+        self.opt_span(half.map(|(a, b, _)| (a, b)));
+        self.raw(b",\"half_close_open_at_end\":");
+        self.bool(half.is_some_and(|h| h.2));
+        self.raw(b",\"reset_by\":");
+        self.opt_name(reset.map(|r| r.by.name()));
+        self.raw(b",\"reset_time\":");
+        match reset {
+            Some(r) => self.epoch(r.ts),
+            None => self.raw(b"null"),
+        }
+        self.raw(b",\"reset_sender_state\":");
+        self.opt_name(reset.map(|r| r.sender_state.name()));
+        self.raw(b",\"reset_receiver_state\":");
+        self.opt_name(reset.map(|r| r.receiver_state.name()));
+        for (side, keys) in [
+            (
+                Side::Client,
+                [
+                    &b",\"client_time_wait_start\":"[..],
+                    b",\"client_time_wait_duration\":",
+                    b",\"client_time_wait_end\":",
+                ],
+            ),
+            (
+                Side::Server,
+                [
+                    &b",\"server_time_wait_start\":"[..],
+                    b",\"server_time_wait_duration\":",
+                    b",\"server_time_wait_end\":",
+                ],
+            ),
+        ] {
+            let tw = time_wait_span(c, side, end_of_capture);
+            self.raw(keys[0]);
+            match tw {
+                Some((start, _, _)) => self.epoch(start),
+                None => self.raw(b"null"),
+            }
+            self.raw(keys[1]);
+            self.opt_span(tw.map(|(start, until, _)| (start, until)));
+            self.raw(keys[2]);
+            self.opt_name(tw.map(|(_, _, why)| why.name()));
+        }
+        self.raw(b",\"client_packets\":");
+        self.uint(client.packets);
+        self.raw(b",\"server_packets\":");
+        self.uint(server.packets);
+        self.raw(b",\"client_bytes\":");
+        self.uint(client.bytes);
+        self.raw(b",\"server_bytes\":");
+        self.uint(server.bytes);
+        self.raw(b",\"fin_retransmits\":");
+        self.uint(c.fin_retransmits(Side::Client) + c.fin_retransmits(Side::Server));
+        let anomalies = c.anomalies();
+        self.raw(b",\"rst_out_of_window\":");
+        self.uint(anomalies.rst_out_of_window);
+        self.raw(b",\"rst_in_window_not_exact\":");
+        self.uint(anomalies.rst_in_window_not_exact);
+        self.raw(b",\"unexplained_segments\":");
+        self.uint(anomalies.unexplained);
+        self.raw(b",\"packets_after_close\":");
+        self.uint(anomalies.after_close);
+        self.raw(b"}\n");
+    }
+
+    /// `self.f64(epoch_secs(t))` by integer arithmetic, unless `t` lies within 300 ns of a
+    /// microsecond's tie: below `EPOCH_NANOS_EXACT` the float path is off the exact value by
+    /// less than 260 ns (`t` as a float by up to 128 ns, its division by 1,000 by up to 125).
+    fn epoch(&mut self, t: Ts) {
+        let rem = t.0.rem_euclid(1000);
+        if (0..EPOCH_NANOS_EXACT).contains(&t.0) && (rem - 500).abs() > 300 {
+            self.micros((t.0 / 1000 + i64::from(rem > 500)) as u64);
+        } else {
+            self.f64(epoch_secs(t));
+        }
+    }
+
+    /// `self.f64(duration_secs(to.since(from)))` by integer arithmetic (exact below 2^50 ns).
+    fn span(&mut self, from: Ts, to: Ts) {
+        let d = to.since(from);
+        if (0..1 << 50).contains(&d.0) {
+            self.micros(((d.0 + 500) / 1000) as u64);
+        } else {
+            self.f64(duration_secs(Dur(d.0)));
+        }
+    }
+
+    fn opt_span(&mut self, span: Option<(Ts, Ts)>) {
+        match span {
+            Some((from, to)) => self.span(from, to),
+            None => self.raw(b"null"),
+        }
+    }
+
+    /// A name the code spells (a state, a side): nothing in it to escape.
+    fn name(&mut self, s: &'static str) {
+        debug_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(b'"');
+    }
+
+    fn opt_name(&mut self, s: Option<&'static str>) {
+        match s {
+            Some(s) => self.name(s),
+            None => self.raw(b"null"),
+        }
+    }
+
     /// Appends the `EventRow` of transition `t` of `conn` as one line, as serde_json writes
     /// that struct, without making the row (its three `String`s).
     pub fn event_row(&mut self, t: &Transition, facts: &ConnFacts) {
@@ -306,19 +476,31 @@ impl RowWriter {
         if micros / 1e6 != v {
             return false;
         }
-        let micros = micros as u64;
+        self.micros(micros as u64);
+        true
+    }
+
+    /// `micros` microseconds as seconds, as zmij writes `micros as f64 / 1e6` below 2^33 s:
+    /// the shortest decimal that reads back (see `whole_micros`), `5e-6` below 10 µs.
+    fn micros(&mut self, micros: u64) {
+        if micros >= 8_589_934_592_000_000 {
+            return self.f64(micros as f64 / 1e6);
+        }
+        if micros == 0 {
+            return self.raw(b"0.0");
+        }
         if micros < 10 {
             // Below 10 µs zmij writes an exponent: 5e-6.
             self.buf
                 .extend_from_slice(&[b'0' + micros as u8, b'e', b'-', b'6']);
-            return true;
+            return;
         }
         let (secs, mut frac) = (micros / 1_000_000, micros % 1_000_000);
         self.uint(secs);
         self.buf.push(b'.');
         if frac == 0 {
             self.buf.push(b'0');
-            return true;
+            return;
         }
         let mut digits = 6;
         while frac % 10 == 0 {
@@ -330,7 +512,6 @@ impl RowWriter {
             self.buf.push(b'0');
         }
         self.buf.extend_from_slice(text.as_bytes());
-        true
     }
 
     #[inline]
@@ -629,6 +810,53 @@ mod tests {
             rows.push(r);
         }
         assert_eq!(ours(&rows), serde(&rows));
+    }
+
+    /// A line written from the record is the line of its summary, to the byte, for all
+    /// kinds of records and times: epochs of today, near where the integer path stops
+    /// (2^51 µs) and far past it, microseconds' ties and not.
+    #[test]
+    fn record_rows_are_their_summaries_rows() {
+        use crate::analysis::summarize;
+        use crate::report::testing::{random_gap, random_records};
+        use proptest::prelude::*;
+        let step = (
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u16>(),
+            random_gap(),
+        );
+        let first = prop_oneof![
+            1_700_000_000_000_000_000i64..1_800_000_000_000_000_000,
+            EPOCH_NANOS_EXACT - 10_000_000_000..EPOCH_NANOS_EXACT + 10_000_000_000,
+            Just(8_000_000_000_000_000_000),
+            0i64..1_000_000_000,
+        ];
+        let rows = std::cell::Cell::new(0);
+        crate::seeded_runner(3_000)
+            .run(
+                &(proptest::collection::vec(step, 1..40), first),
+                |(steps, first)| {
+                    let (conns, end) = random_records(&steps, first);
+                    for c in &conns {
+                        let mut fast = RowWriter::default();
+                        fast.record_row(c, end);
+                        let r = summarize(c, end);
+                        let mut slow = RowWriter::default();
+                        slow.conn_row(&r, Addr::Text(&r.client), Addr::Text(&r.server));
+                        prop_assert_eq!(
+                            String::from_utf8_lossy(fast.bytes()),
+                            String::from_utf8_lossy(slow.bytes())
+                        );
+                        rows.set(rows.get() + 1);
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert!(rows.get() > 10_000, "{} rows compared", rows.get());
     }
 
     #[test]
