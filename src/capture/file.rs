@@ -10,6 +10,7 @@ use pcap_parser::pcapng::Block;
 use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::{PcapBlockOwned, PcapError};
 
+use super::read_ahead::ReadAhead;
 use super::{CaptureError, CaptureErrorKind, ContainerCounters, PacketFn, RawPacket};
 use crate::decode::LinkType;
 use crate::time::Ts;
@@ -125,7 +126,12 @@ pub fn read_files(
         let input: Box<dyn Read + Send> = if path == "-" {
             Box::new(std::io::stdin())
         } else {
-            Box::new(File::open(path).map_err(|e| err(CaptureErrorKind::Open(e.to_string())))?)
+            let file = File::open(path).map_err(|e| err(CaptureErrorKind::Open(e.to_string())))?;
+            // Read on a thread of its own a chunk ahead; directly if it cannot be.
+            match file.try_clone().and_then(ReadAhead::new) {
+                Ok(ahead) => Box::new(ahead),
+                Err(_) => Box::new(file),
+            }
         };
         let display = if path == "-" {
             "<stdin>".to_string()

@@ -4,6 +4,7 @@
 pub mod file;
 pub mod filter;
 pub mod live;
+pub mod read_ahead;
 
 use std::fmt;
 use std::ops::ControlFlow;

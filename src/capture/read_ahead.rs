@@ -1,0 +1,237 @@
+//! A file read on a thread of its own, a few chunks ahead of its reader: the kernel's copy
+//! of the next chunk (a sixth of `conns`' time on short connections, in `read` itself)
+//! overlaps the work on this one, on another core. The reader sees a plain `Read`: the same
+//! bytes, in the same order, then the same end or error.
+
+use std::io::{self, Read};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread;
+
+/// Bytes the thread asks for at once (as the classic reader's own buffer).
+const CHUNK: usize = 1 << 20;
+
+/// Chunks read and not yet taken: enough to ride out an uneven pace, few enough that memory
+/// stays a few MiB.
+const AHEAD: usize = 2;
+
+/// What the thread sends: a chunk and how many of its bytes were read (none at the end of
+/// the input), or the error that ended it. Chunks keep their full length, so that refilling
+/// one never writes zeros over it first.
+type Chunk = io::Result<(Vec<u8>, usize)>;
+
+pub struct ReadAhead {
+    chunks: Receiver<Chunk>,
+    /// Emptied chunks go back to the thread to be filled again.
+    spent: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    /// `current[at..filled]` is what is left to give.
+    at: usize,
+    filled: usize,
+    /// The end or an error was handed over: nothing more comes.
+    over: bool,
+}
+
+impl ReadAhead {
+    /// Starts reading `input` on a new thread (an error if none can be started: the caller
+    /// then reads a second handle of its file directly).
+    pub fn new(input: impl Read + Send + 'static) -> io::Result<ReadAhead> {
+        let (chunk_tx, chunks) = sync_channel::<Chunk>(AHEAD);
+        let (spent, spent_rx) = sync_channel::<Vec<u8>>(AHEAD + 2);
+        thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || fill(input, &chunk_tx, &spent_rx))?;
+        Ok(ReadAhead::over_not(chunks, spent))
+    }
+
+    fn over_not(chunks: Receiver<Chunk>, spent: SyncSender<Vec<u8>>) -> ReadAhead {
+        ReadAhead {
+            chunks,
+            spent,
+            current: Vec::new(),
+            at: 0,
+            filled: 0,
+            over: false,
+        }
+    }
+}
+
+/// The thread: fills chunks until the end, an error, or the reader is gone.
+fn fill(mut input: impl Read, chunks: &SyncSender<Chunk>, spent: &Receiver<Vec<u8>>) {
+    loop {
+        let mut chunk = match spent.try_recv() {
+            Ok(chunk) => chunk,
+            Err(TryRecvError::Empty) => Vec::new(),
+            Err(TryRecvError::Disconnected) => return,
+        };
+        if chunk.len() != CHUNK {
+            chunk = vec![0; CHUNK];
+        }
+        let read = loop {
+            match input.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let (message, last) = match read {
+            Ok(n) => (Ok((chunk, n)), n == 0),
+            Err(e) => (Err(e), true),
+        };
+        // A send fails only when the reader is gone: then so is the need to read on.
+        if chunks.send(message).is_err() || last {
+            return;
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.filled {
+            if self.over || out.is_empty() {
+                return Ok(0);
+            }
+            let spent = std::mem::take(&mut self.current);
+            // Full (the thread has chunks enough) or gone: either way this one is dropped.
+            let _ = self.spent.try_send(spent);
+            (self.at, self.filled) = (0, 0);
+            match self.chunks.recv() {
+                Ok(Ok((_, 0))) => self.over = true,
+                Ok(Ok((chunk, n))) => (self.current, self.filled) = (chunk, n),
+                Ok(Err(e)) => {
+                    self.over = true;
+                    return Err(e);
+                }
+                // The thread ended without saying why (it panicked): not a clean end.
+                Err(_) => {
+                    self.over = true;
+                    return Err(io::Error::other("the read-ahead thread stopped"));
+                }
+            }
+        }
+        let n = out.len().min(self.filled - self.at);
+        out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives its bytes in pieces of the sizes listed (cycling), then an error if one is set.
+    struct Pieces {
+        bytes: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+        fail: Option<io::ErrorKind>,
+        interrupt_every: usize,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.turn += 1;
+            if self.interrupt_every > 0 && self.turn.is_multiple_of(self.interrupt_every) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            if self.at == self.bytes.len() {
+                return match self.fail {
+                    Some(kind) => Err(kind.into()),
+                    None => Ok(0),
+                };
+            }
+            let size = self.sizes[self.turn % self.sizes.len()].max(1);
+            let n = size.min(buf.len()).min(self.bytes.len() - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    /// Everything read through `ReadAhead` with reads of `take` bytes at most, and how it ended.
+    fn read_all(input: Pieces, take: usize) -> (Vec<u8>, io::Result<()>) {
+        let Ok(mut ahead) = ReadAhead::new(input) else {
+            panic!("no thread");
+        };
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; take];
+        loop {
+            match ahead.read(&mut buf) {
+                Ok(0) => {
+                    // The end stays the end.
+                    assert_eq!(ahead.read(&mut buf).ok(), Some(0));
+                    return (got, Ok(()));
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => panic!("interrupt passed on"),
+                Err(e) => return (got, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn same_bytes_then_the_same_end() {
+        use proptest::prelude::*;
+        crate::seeded_runner(200)
+            .run(
+                &(
+                    // Empty, short, about a chunk, several chunks.
+                    prop_oneof![0usize..5000, CHUNK - 10..CHUNK + 10, 2 * CHUNK..3 * CHUNK],
+                    // Pieces as a pipe gives them; tiny ones only for short inputs (each is a
+                    // hand-over between threads).
+                    proptest::collection::vec(
+                        prop_oneof![1usize..100, 4096usize..70_000, Just(CHUNK + 5)],
+                        1..5,
+                    ),
+                    prop_oneof![1usize..100, 4096usize..70_000, Just(CHUNK), Just(3 * CHUNK)],
+                    proptest::option::of(Just(io::ErrorKind::BrokenPipe)),
+                    // Every second or third read interrupted, or none.
+                    prop_oneof![Just(0usize), 2usize..4],
+                ),
+                |(len, mut sizes, take, fail, interrupt_every)| {
+                    if len > 5000 {
+                        sizes.iter_mut().for_each(|s| *s = (*s).max(4096));
+                    }
+                    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+                    let input = Pieces {
+                        bytes: bytes.clone(),
+                        at: 0,
+                        sizes,
+                        turn: 0,
+                        fail,
+                        interrupt_every,
+                    };
+                    let (got, end) = read_all(input, take);
+                    prop_assert!(got == bytes, "{} bytes read of {}", got.len(), bytes.len());
+                    prop_assert_eq!(end.err().map(|e| e.kind()), fail);
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    /// A reader that stops early (it dropped the `ReadAhead`) stops the thread: it does not
+    /// read the rest of an endless input.
+    #[test]
+    fn dropping_the_reader_stops_the_thread() {
+        struct Endless(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(buf.len())
+            }
+        }
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let Ok(mut ahead) = ReadAhead::new(Endless(std::sync::Arc::clone(&reads))) else {
+            panic!("no thread");
+        };
+        let mut buf = [0u8; 10];
+        assert_eq!(ahead.read(&mut buf).ok(), Some(10));
+        drop(ahead);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let after_drop = reads.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), after_drop);
+        assert!(after_drop <= AHEAD + 3, "{after_drop} chunks read");
+    }
+}
