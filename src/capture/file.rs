@@ -123,14 +123,14 @@ pub fn read_files(
             source: path.clone(),
             kind,
         };
-        let input: Box<dyn Read + Send> = if path == "-" {
-            Box::new(std::io::stdin())
+        let input = if path == "-" {
+            Input::Plain(Box::new(std::io::stdin()))
         } else {
             let file = File::open(path).map_err(|e| err(CaptureErrorKind::Open(e.to_string())))?;
             // Read on a thread of its own a chunk ahead; directly if it cannot be.
             match file.try_clone().and_then(ReadAhead::new) {
-                Ok(ahead) => Box::new(ahead),
-                Err(_) => Box::new(file),
+                Ok(ahead) => Input::Ahead(ahead),
+                Err(_) => Input::Plain(Box::new(file)),
             }
         };
         let display = if path == "-" {
@@ -154,7 +154,33 @@ pub fn read_from<'r>(
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureError> {
-    read_one(source, Box::new(input), counters, on_packet)
+    read_one(source, Input::Plain(Box::new(input)), counters, on_packet)
+}
+
+/// Where a capture's bytes come from: any reader (into the classic reader's own buffer), or
+/// a file read ahead on a thread of its own, whose chunks the classic reader walks where
+/// they lie.
+pub(crate) enum Input<'r> {
+    Plain(Box<dyn Read + Send + 'r>),
+    Ahead(ReadAhead),
+}
+
+impl Read for Input<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Input::Plain(input) => input.read(buf),
+            Input::Ahead(input) => input.read(buf),
+        }
+    }
+}
+
+impl<'r> Input<'r> {
+    fn into_boxed(self) -> Box<dyn Read + Send + 'r> {
+        match self {
+            Input::Plain(input) => input,
+            Input::Ahead(input) => Box::new(input),
+        }
+    }
 }
 
 /// How many bytes the first block of a capture takes, as far as `head` tells: the 24-byte
@@ -181,13 +207,13 @@ fn first_block_len(head: &[u8]) -> usize {
 
 fn read_one<'r>(
     source: &str,
-    mut input: Box<dyn Read + Send + 'r>,
+    mut input: Input<'r>,
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureError> {
     let head = read_head(source, &mut input)?;
     if head[0..4] == PCAPNG_MAGIC {
-        read_parsed(source, head, input, counters, on_packet, true)
+        read_parsed(source, head, input.into_boxed(), counters, on_packet, true)
     } else {
         read_classic(source, head, input, counters, on_packet)
     }
@@ -531,7 +557,7 @@ const LOOK_AHEAD: usize = 16;
 fn read_classic<'r>(
     source: &str,
     head: Vec<u8>,
-    input: Box<dyn Read + Send + 'r>,
+    input: Input<'r>,
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureError> {
@@ -596,7 +622,7 @@ struct Classic {
 fn walk_records<const BIG_ENDIAN: bool>(
     file: &Classic,
     first_bytes: &[u8],
-    mut input: Box<dyn Read + Send + '_>,
+    mut input: Input<'_>,
     counters: &mut ContainerCounters,
     on_packet: &mut PacketFn<'_>,
 ) -> Result<ControlFlow<()>, CaptureErrorKind> {
@@ -677,6 +703,43 @@ fn walk_records<const BIG_ENDIAN: bool>(
             ahead_n = ahead_n.saturating_sub(1);
             offset += len as u64;
         }
+        if let Input::Ahead(ahead) = &mut input {
+            // The next chunk is walked where it lies, the unfinished record put in front of
+            // its bytes: no copy of every byte from a chunk into `buf`.
+            let Some((mut chunk, start, filled)) = ahead
+                .next_chunk()
+                .map_err(|_| CaptureErrorKind::Read("ReadError".into()))?
+            else {
+                if at == end {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                return Err(CaptureErrorKind::Truncated { offset, packets });
+            };
+            let unfinished = end - at;
+            if unfinished <= start {
+                chunk[start - unfinished..start].copy_from_slice(&buf[at..end]);
+                ahead.give_back(std::mem::replace(&mut buf, chunk));
+                ahead_at = ahead_at - at + start - unfinished;
+                (at, end) = (start - unfinished, filled);
+            } else {
+                // A record longer than the room in front: it gathers in `buf` (which grows
+                // as a `Vec` does) up to the size the buffer below may grow to.
+                if unfinished >= MAX_RECORD_BYTES {
+                    return Err(CaptureErrorKind::RecordTooLarge { offset, packets });
+                }
+                buf.truncate(end);
+                buf.drain(..at);
+                buf.extend_from_slice(&chunk[start..filled]);
+                ahead.give_back(chunk);
+                ahead_at -= at;
+                (at, end) = (0, buf.len());
+                // As the buffer below: a record it cannot hold fails once it would fill it.
+                if end >= MAX_RECORD_BYTES && 16 + u32_at(&buf, 8) as usize > MAX_RECORD_BYTES {
+                    return Err(CaptureErrorKind::RecordTooLarge { offset, packets });
+                }
+            }
+            continue;
+        }
         if at_eof {
             if at == end {
                 return Ok(ControlFlow::Continue(()));
@@ -741,7 +804,7 @@ mod tests {
         result: Result<ControlFlow<()>, CaptureError>,
     }
 
-    fn run(input: Box<dyn Read + Send + '_>, stop_after: Option<usize>, legacy: bool) -> Outcome {
+    fn run(input: Input<'_>, stop_after: Option<usize>, legacy: bool) -> Outcome {
         let mut packets = Vec::new();
         let mut counters = ContainerCounters::default();
         let mut on_packet = |p: &RawPacket<'_>| {
@@ -754,7 +817,7 @@ mod tests {
         };
         let result = if legacy {
             // The code before the fast path: pcap-parser for classic pcap too.
-            let mut input = input;
+            let mut input = input.into_boxed();
             read_head("t", &mut input).and_then(|head| {
                 read_parsed("t", head, input, &mut counters, &mut on_packet, false)
             })
@@ -769,13 +832,47 @@ mod tests {
     }
 
     fn new_reader(bytes: &[u8]) -> Outcome {
-        run(Box::new(bytes), None, false)
+        run(plain(bytes), None, false)
+    }
+
+    fn plain<'a>(bytes: impl Read + Send + 'a) -> Input<'a> {
+        Input::Plain(Box::new(bytes))
+    }
+
+    /// `bytes` read ahead on a thread, given to it in pieces of 1 to `most` bytes (each piece
+    /// a chunk of its own, so records straddle chunks).
+    fn ahead(bytes: &[u8], most: usize) -> Input<'static> {
+        struct OwnedPieces {
+            bytes: Vec<u8>,
+            at: usize,
+            state: u32,
+            most: usize,
+        }
+        impl Read for OwnedPieces {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.state = self.state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let n = (1 + (self.state >> 8) as usize % self.most)
+                    .min(buf.len())
+                    .min(self.bytes.len() - self.at);
+                buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+                self.at += n;
+                Ok(n)
+            }
+        }
+        let pieces = OwnedPieces {
+            bytes: bytes.to_vec(),
+            at: 0,
+            state: 11,
+            most,
+        };
+        Input::Ahead(ReadAhead::new(pieces).expect("a thread"))
     }
 
     /// The new reader gives what pcap-parser gives on `bytes`, ending in `want`.
     fn fails_as_parser_does(bytes: &[u8], want: CaptureErrorKind) {
         let out = new_reader(bytes);
-        assert_eq!(out, run(Box::new(bytes), None, true));
+        assert_eq!(out, run(plain(bytes), None, true));
+        assert_eq!(out, run(ahead(bytes, 100_000), None, false), "read ahead");
         assert_eq!(out.result.map_err(|e| e.kind), Err(want));
     }
 
@@ -797,20 +894,21 @@ mod tests {
         }
     }
 
-    fn trickle(bytes: &[u8]) -> Box<dyn Read + Send + '_> {
-        Box::new(Trickle { bytes, state: 7 })
+    fn trickle(bytes: &[u8]) -> Input<'_> {
+        plain(Trickle { bytes, state: 7 })
     }
 
     /// Reads `bytes` with the new reader and with pcap-parser, whole and trickled: all four
     /// must agree. Returns the outcome.
     fn same_as_pcap_parser(bytes: &[u8], what: &str) -> Outcome {
         let new = new_reader(bytes);
+        assert_eq!(new, run(plain(bytes), None, true), "{what}: vs pcap-parser");
+        assert_eq!(new, run(trickle(bytes), None, false), "{what}: trickled");
         assert_eq!(
             new,
-            run(Box::new(bytes), None, true),
-            "{what}: vs pcap-parser"
+            run(ahead(bytes, 300), None, false),
+            "{what}: read ahead"
         );
-        assert_eq!(new, run(trickle(bytes), None, false), "{what}: trickled");
         assert_eq!(
             new,
             run(trickle(bytes), None, true),
@@ -924,8 +1022,10 @@ mod tests {
     fn frames_ahead_are_right(bytes: &[u8], frames: &[Vec<u8>]) {
         let number = |frame: &[u8]| u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
         for (input, what) in [
-            (Box::new(bytes) as Box<dyn Read + Send>, "whole"),
+            (plain(bytes), "whole"),
             (trickle(bytes), "trickled"),
+            (ahead(bytes, usize::MAX / 2), "read ahead whole"),
+            (ahead(bytes, 300), "read ahead in pieces"),
         ] {
             let (mut shown, mut seen) = (0, 0u32);
             let mut on_packet = |p: &RawPacket<'_>| {
@@ -942,7 +1042,7 @@ mod tests {
             let result = read_one("t", input, &mut counters, &mut on_packet);
             assert_eq!(result, Ok(ControlFlow::Continue(())), "{what}");
             assert_eq!(seen as usize, frames.len(), "{what}");
-            if what == "whole" {
+            if what.ends_with("whole") {
                 // All but the last LOOK_AHEAD and a few at each refill's end.
                 assert!(shown > frames.len() * 39 / 40, "{what}: {shown} shown");
             }
@@ -1110,7 +1210,10 @@ mod tests {
         ];
         let bytes = pcap(false, false, 0, 1, &recs);
         let out = new_reader(&bytes);
-        assert_eq!(out, run(Box::new(&bytes[..]), None, true));
+        assert_eq!(out, run(plain(&bytes[..]), None, true));
+        // Read ahead: the big record gathers over chunks, whole or in pieces.
+        assert_eq!(out, run(ahead(&bytes, 1 << 20), None, false));
+        assert_eq!(out, run(ahead(&bytes, 50_000), None, false));
         assert_eq!(out.result, Ok(ControlFlow::Continue(())));
         let data: Vec<&Vec<u8>> = out.packets.iter().map(|p| &p.2).collect();
         assert_eq!(data, recs.iter().map(|r| &r.data).collect::<Vec<_>>());
@@ -1252,7 +1355,7 @@ mod tests {
         let recs = some_recs();
         let bytes = pcap(false, false, 0, 1, &recs);
         for legacy in [false, true] {
-            let out = run(Box::new(&bytes[..]), Some(3), legacy);
+            let out = run(plain(&bytes[..]), Some(3), legacy);
             assert_eq!(out.packets.len(), 3);
             assert_eq!(out.result, Ok(ControlFlow::Break(())));
         }
@@ -1329,8 +1432,8 @@ mod tests {
         let bytes = pcap(false, false, 0, 1, &recs);
         let cut = &bytes[..offset_of(&recs, 5) as usize + 20];
         let kind = std::io::ErrorKind::Other;
-        let out = run(Box::new(Failing(cut, kind)), None, false);
-        assert_eq!(out, run(Box::new(Failing(cut, kind)), None, true));
+        let out = run(plain(Failing(cut, kind)), None, false);
+        assert_eq!(out, run(plain(Failing(cut, kind)), None, true));
         assert_eq!(out.packets.len(), 5);
         assert_eq!(
             out.result.map_err(|e| e.kind),
@@ -1356,7 +1459,7 @@ mod tests {
         // pcap-parser gave up ("ReadError") on an interrupted read past the header.
         let recs = some_recs();
         let bytes = pcap(false, false, 0, 1, &recs);
-        let out = run(Box::new(Interrupting(&bytes, false)), None, false);
+        let out = run(plain(Interrupting(&bytes, false)), None, false);
         assert_eq!(out, new_reader(&bytes));
     }
 
@@ -1493,7 +1596,7 @@ mod tests {
                 let b = &bytes[..cut];
                 assert_eq!(
                     new_reader(b),
-                    run(Box::new(b), None, true),
+                    run(plain(b), None, true),
                     "{name} cut at {cut}"
                 );
             }
@@ -1514,7 +1617,7 @@ mod tests {
                     let mut b = bytes.clone();
                     b[at + field..at + field + 4].copy_from_slice(&value.to_le_bytes());
                     let what = format!("record at {at}, field {field} = {value}");
-                    assert_eq!(new_reader(&b), run(Box::new(&b[..]), None, true), "{what}");
+                    assert_eq!(new_reader(&b), run(plain(&b[..]), None, true), "{what}");
                 }
             }
         }

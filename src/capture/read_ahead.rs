@@ -10,13 +10,17 @@ use std::thread;
 /// Bytes the thread asks for at once (as the classic reader's own buffer).
 const CHUNK: usize = 1 << 20;
 
+/// Room kept in front of each chunk's bytes, where a reader that walks the chunks in place
+/// puts the unfinished record the chunk before ended with (`next_chunk`).
+pub const HEADROOM: usize = 64 << 10;
+
 /// Chunks read and not yet taken: enough to ride out an uneven pace, few enough that memory
 /// stays a few MiB.
 const AHEAD: usize = 2;
 
-/// What the thread sends: a chunk and how many of its bytes were read (none at the end of
-/// the input), or the error that ended it. Chunks keep their full length, so that refilling
-/// one never writes zeros over it first.
+/// What the thread sends: a chunk and how many bytes were read into it past `HEADROOM` (none
+/// at the end of the input), or the error that ended it. Chunks keep their full length, so
+/// that refilling one never writes zeros over it first.
 type Chunk = io::Result<(Vec<u8>, usize)>;
 
 pub struct ReadAhead {
@@ -63,11 +67,11 @@ fn fill(mut input: impl Read, chunks: &SyncSender<Chunk>, spent: &Receiver<Vec<u
             Err(TryRecvError::Empty) => Vec::new(),
             Err(TryRecvError::Disconnected) => return,
         };
-        if chunk.len() != CHUNK {
-            chunk = vec![0; CHUNK];
+        if chunk.len() != HEADROOM + CHUNK {
+            chunk = vec![0; HEADROOM + CHUNK];
         }
         let read = loop {
-            match input.read(&mut chunk) {
+            match input.read(&mut chunk[HEADROOM..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
@@ -83,6 +87,52 @@ fn fill(mut input: impl Read, chunks: &SyncSender<Chunk>, spent: &Receiver<Vec<u
     }
 }
 
+impl ReadAhead {
+    /// The next chunk whole, for a reader that walks it in place: the chunk and where its
+    /// bytes are, `chunk[start..filled]` (what `read` has not given of the current chunk
+    /// first); `None` at the end. `start` is at least `HEADROOM` past what `read` took.
+    pub fn next_chunk(&mut self) -> io::Result<Option<(Vec<u8>, usize, usize)>> {
+        if self.at < self.filled {
+            let (at, filled) = (self.at, self.filled);
+            (self.at, self.filled) = (0, 0);
+            return Ok(Some((std::mem::take(&mut self.current), at, filled)));
+        }
+        if self.over {
+            return Ok(None);
+        }
+        let spent = std::mem::take(&mut self.current);
+        self.give_back(spent);
+        (self.at, self.filled) = (0, 0);
+        self.receive()
+    }
+
+    /// A chunk `next_chunk` gave, walked: the thread fills it again.
+    pub fn give_back(&mut self, chunk: Vec<u8>) {
+        // Full (the thread has chunks enough) or gone: either way this one is dropped.
+        let _ = self.spent.try_send(chunk);
+    }
+
+    /// The thread's next chunk (`None` at the end), or its error.
+    fn receive(&mut self) -> io::Result<Option<(Vec<u8>, usize, usize)>> {
+        match self.chunks.recv() {
+            Ok(Ok((_, 0))) => {
+                self.over = true;
+                Ok(None)
+            }
+            Ok(Ok((chunk, n))) => Ok(Some((chunk, HEADROOM, HEADROOM + n))),
+            Ok(Err(e)) => {
+                self.over = true;
+                Err(e)
+            }
+            // The thread ended without saying why (it panicked): not a clean end.
+            Err(_) => {
+                self.over = true;
+                Err(io::Error::other("the read-ahead thread stopped"))
+            }
+        }
+    }
+}
+
 impl Read for ReadAhead {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.at == self.filled {
@@ -90,21 +140,10 @@ impl Read for ReadAhead {
                 return Ok(0);
             }
             let spent = std::mem::take(&mut self.current);
-            // Full (the thread has chunks enough) or gone: either way this one is dropped.
-            let _ = self.spent.try_send(spent);
+            self.give_back(spent);
             (self.at, self.filled) = (0, 0);
-            match self.chunks.recv() {
-                Ok(Ok((_, 0))) => self.over = true,
-                Ok(Ok((chunk, n))) => (self.current, self.filled) = (chunk, n),
-                Ok(Err(e)) => {
-                    self.over = true;
-                    return Err(e);
-                }
-                // The thread ended without saying why (it panicked): not a clean end.
-                Err(_) => {
-                    self.over = true;
-                    return Err(io::Error::other("the read-ahead thread stopped"));
-                }
+            if let Some((chunk, start, filled)) = self.receive()? {
+                (self.current, self.at, self.filled) = (chunk, start, filled);
             }
         }
         let n = out.len().min(self.filled - self.at);
