@@ -7,8 +7,9 @@ use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread;
 
-/// Bytes the thread asks for at once (as the classic reader's own buffer).
-const CHUNK: usize = 1 << 20;
+/// Bytes the thread asks for at once: few system calls, and few chunks in flight (each of
+/// them memory; 1 MiB chunks ran no faster and held 5 MB more at the peak).
+const CHUNK: usize = 256 << 10;
 
 /// Room kept in front of each chunk's bytes, where a reader that walks the chunks in place
 /// puts the unfinished record the chunk before ended with (`next_chunk`).
