@@ -58,8 +58,16 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let start = outcome.first_ts.map(report::secs);
     let _ = conns::write_table(&mut out, &rows, start);
-    let _ = report::write_json_lines(&mut out, &rows);
     let _ = report::write_csv(&mut out, &rows);
+    // The JSON lines `conns` writes from the records are serde_json's lines of their
+    // summaries, byte for byte.
+    let (mut from_records, mut from_rows) = (Vec::new(), Vec::new());
+    let _ = report::json::write_records_json_lines(&mut from_records, &outcome.connections, end);
+    let _ = report::write_json_lines(&mut from_rows, &rows);
+    assert_eq!(
+        String::from_utf8_lossy(&from_records),
+        String::from_utf8_lossy(&from_rows)
+    );
 
     let found = findings::diagnose(&outcome, &findings::DiagnoseConfig::default());
     let _ = diagnose::write_findings_text(&mut out, &found, start);
