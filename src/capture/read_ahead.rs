@@ -4,8 +4,9 @@
 //! bytes, in the same order, then the same end or error.
 
 use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::thread;
+use std::time::Duration;
 
 /// Bytes the thread asks for at once: few system calls, and few chunks in flight (each of
 /// them memory; 1 MiB chunks ran no faster and held 5 MB more at the peak).
@@ -62,14 +63,24 @@ impl ReadAhead {
 
 /// The thread: fills chunks until the end, an error, or the reader is gone.
 fn fill(mut input: impl Read, chunks: &SyncSender<Chunk>, spent: &Receiver<Vec<u8>>) {
+    // Chunks made: past the few that can be in use at once (one walked, `AHEAD` sent, one
+    // filling), the thread waits for one back rather than make (and zero) another.
+    let mut made = 0;
     loop {
         let mut chunk = match spent.try_recv() {
             Ok(chunk) => chunk,
-            Err(TryRecvError::Empty) => Vec::new(),
             Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) if made < AHEAD + 2 => Vec::new(),
+            // Never stuck on one that will not come back, though.
+            Err(TryRecvError::Empty) => match spent.recv_timeout(Duration::from_millis(20)) {
+                Ok(chunk) => chunk,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+            },
         };
         if chunk.len() != HEADROOM + CHUNK {
             chunk = vec![0; HEADROOM + CHUNK];
+            made += 1;
         }
         let read = loop {
             match input.read(&mut chunk[HEADROOM..]) {
@@ -109,6 +120,9 @@ impl ReadAhead {
 
     /// A chunk `next_chunk` gave, walked: the thread fills it again.
     pub fn give_back(&mut self, chunk: Vec<u8>) {
+        if chunk.capacity() == 0 {
+            return;
+        }
         // Full (the thread has chunks enough) or gone: either way this one is dropped.
         let _ = self.spent.try_send(chunk);
     }
