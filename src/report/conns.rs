@@ -424,7 +424,7 @@ mod tests {
     use super::*;
     use crate::analysis::summarize;
     use crate::decode::{Segment, SockAddr, flags};
-    use crate::report::testing::{random_gap, random_records};
+    use crate::report::testing::{random_records, random_steps};
 
     const FIRST: Ts = Ts(1_700_000_000_000_000_000);
 
@@ -511,15 +511,6 @@ mod tests {
     #[test]
     fn streamed_line_equals_table_line() {
         use proptest::prelude::*;
-        let gap = random_gap();
-        let step = (
-            any::<u8>(),
-            any::<u8>(),
-            any::<u8>(),
-            any::<u8>(),
-            any::<u16>(),
-            gap,
-        );
         let widths = prop_oneof![
             Just(vec![0; 13]),
             Just(vec![12; 13]),
@@ -530,7 +521,7 @@ mod tests {
         runner
             .run(
                 &(
-                    proptest::collection::vec(step, 1..40),
+                    random_steps(),
                     -2_000_000i64..3_000_000_000,
                     widths,
                     any::<bool>(),

@@ -374,6 +374,20 @@ pub(crate) mod testing {
     use crate::time::Ts;
     use proptest::prelude::*;
 
+    /// Exchanges for `random_records`: 1 to 39 steps (sender, receiver, flags, sequence
+    /// choice, payload choice, gap before it).
+    pub fn random_steps() -> impl Strategy<Value = Vec<(u8, u8, u8, u8, u16, i64)>> {
+        let step = (
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u16>(),
+            random_gap(),
+        );
+        proptest::collection::vec(step, 1..40)
+    }
+
     /// Gaps between packets: any up to 3 s, whole milliseconds and tenths of seconds with
     /// ties of the places shown (0.5 ms, 50 ms) and a few microseconds either side of them,
     /// and days.
