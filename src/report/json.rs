@@ -9,9 +9,7 @@
 use std::io::{self, Write};
 use std::net::IpAddr;
 
-use crate::analysis::{
-    ConnSummary, first_closer, half_close, handshake_span, record_end, time_wait_span,
-};
+use crate::analysis::{first_closer, half_close, handshake_span, record_end, time_wait_span};
 use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::{Side, Transition};
@@ -22,16 +20,6 @@ use crate::time::{Dur, Ts, duration_secs, epoch_secs};
 /// Chunk size handed to the writer: at least the 64 KB of the output's `BufWriter`, so a
 /// chunk goes straight through instead of being copied again.
 const CHUNK: usize = 64 * 1024;
-
-/// One JSON object per line, like `write_json_lines`, for connection rows.
-pub fn write_conn_json_lines(out: &mut dyn Write, rows: &[ConnSummary]) -> io::Result<()> {
-    let mut w = RowWriter::with_capacity(rows.len().saturating_mul(800).min(CHUNK + 4096));
-    for r in rows {
-        w.conn_row(r, Addr::Text(&r.client), Addr::Text(&r.server));
-        w.flush_if_full(out)?;
-    }
-    w.flush(out)
-}
 
 /// The same lines straight from the records: no `ConnSummary` rows kept, and no address
 /// `String`s made (the addresses are formatted into the buffer).
@@ -63,14 +51,6 @@ pub fn write_transitions_json_lines(
         }
     }
     w.flush(out)
-}
-
-/// An address as the row writer takes it: text already made, or a socket address to format
-/// straight into the buffer (saves two `String`s per row).
-#[derive(Clone, Copy, Debug)]
-pub enum Addr<'a> {
-    Text(&'a str),
-    Sock(SockAddr),
 }
 
 /// 2^51 µs in nanoseconds (the year 2041): below it `epoch_secs`' float arithmetic is
@@ -120,100 +100,9 @@ impl RowWriter {
         Ok(())
     }
 
-    /// Appends `r` as one line, in the struct's declaration order (serde's), with the
-    /// addresses given (`r.client` and `r.server` are not read).
-    pub fn conn_row(&mut self, r: &ConnSummary, client: Addr<'_>, server: Addr<'_>) {
-        self.raw(b"{\"id\":");
-        self.uint(r.id);
-        self.raw(b",\"client\":");
-        self.addr(client);
-        self.raw(b",\"server\":");
-        self.addr(server);
-        self.raw(b",\"direction_guessed\":");
-        self.bool(r.direction_guessed);
-        self.raw(b",\"partial\":");
-        self.bool(r.partial);
-        self.raw(b",\"evicted\":");
-        self.bool(r.evicted);
-        self.raw(b",\"expired\":");
-        self.bool(r.expired);
-        self.raw(b",\"start\":");
-        self.f64(r.start);
-        self.raw(b",\"end\":");
-        self.f64(r.end);
-        self.raw(b",\"duration\":");
-        self.f64(r.duration);
-        self.raw(b",\"client_state\":");
-        self.str(r.client_state);
-        self.raw(b",\"server_state\":");
-        self.str(r.server_state);
-        self.raw(b",\"client_state_inferred\":");
-        self.bool(r.client_state_inferred);
-        self.raw(b",\"server_state_inferred\":");
-        self.bool(r.server_state_inferred);
-        self.raw(b",\"handshake\":");
-        self.str(r.handshake);
-        self.raw(b",\"syn_to_synack\":");
-        self.opt_f64(r.syn_to_synack);
-        self.raw(b",\"synack_to_ack\":");
-        self.opt_f64(r.synack_to_ack);
-        self.raw(b",\"handshake_time\":");
-        self.opt_f64(r.handshake_time);
-        self.raw(b",\"syn_retransmits\":");
-        self.uint(r.syn_retransmits);
-        self.raw(b",\"synack_retransmits\":");
-        self.uint(r.synack_retransmits);
-        self.raw(b",\"first_closer\":");
-        self.opt_str(r.first_closer);
-        self.raw(b",\"first_fin_time\":");
-        self.opt_f64(r.first_fin_time);
-        self.raw(b",\"half_close_duration\":");
-        self.opt_f64(r.half_close_duration);
-        self.raw(b",\"half_close_open_at_end\":");
-        self.bool(r.half_close_open_at_end);
-        self.raw(b",\"reset_by\":");
-        self.opt_str(r.reset_by);
-        self.raw(b",\"reset_time\":");
-        self.opt_f64(r.reset_time);
-        self.raw(b",\"reset_sender_state\":");
-        self.opt_str(r.reset_sender_state);
-        self.raw(b",\"reset_receiver_state\":");
-        self.opt_str(r.reset_receiver_state);
-        self.raw(b",\"client_time_wait_start\":");
-        self.opt_f64(r.client_time_wait_start);
-        self.raw(b",\"client_time_wait_duration\":");
-        self.opt_f64(r.client_time_wait_duration);
-        self.raw(b",\"client_time_wait_end\":");
-        self.opt_str(r.client_time_wait_end);
-        self.raw(b",\"server_time_wait_start\":");
-        self.opt_f64(r.server_time_wait_start);
-        self.raw(b",\"server_time_wait_duration\":");
-        self.opt_f64(r.server_time_wait_duration);
-        self.raw(b",\"server_time_wait_end\":");
-        self.opt_str(r.server_time_wait_end);
-        self.raw(b",\"client_packets\":");
-        self.uint(r.client_packets);
-        self.raw(b",\"server_packets\":");
-        self.uint(r.server_packets);
-        self.raw(b",\"client_bytes\":");
-        self.uint(r.client_bytes);
-        self.raw(b",\"server_bytes\":");
-        self.uint(r.server_bytes);
-        self.raw(b",\"fin_retransmits\":");
-        self.uint(r.fin_retransmits);
-        self.raw(b",\"rst_out_of_window\":");
-        self.uint(r.rst_out_of_window);
-        self.raw(b",\"rst_in_window_not_exact\":");
-        self.uint(r.rst_in_window_not_exact);
-        self.raw(b",\"unexplained_segments\":");
-        self.uint(r.unexplained_segments);
-        self.raw(b",\"packets_after_close\":");
-        self.uint(r.packets_after_close);
-        self.raw(b"}\n");
-    }
-
-    /// Appends the line `conn_row` writes for `summarize(c, end_of_capture)`, from the record:
-    /// no summary struct, times written from their integer nanoseconds.
+    /// Appends the line serde_json writes for `summarize(c, end_of_capture)` (keys in the
+    /// struct's declaration order), from the record: no summary struct, times written from
+    /// their integer nanoseconds.
     pub fn record_row(&mut self, c: &Connection, end_of_capture: Ts) {
         let (client, server) = (c.end(Side::Client), c.end(Side::Server));
         let end = record_end(c);
@@ -223,9 +112,9 @@ impl RowWriter {
         self.raw(b"{\"id\":");
         self.uint(c.id);
         self.raw(b",\"client\":");
-        self.addr(Addr::Sock(client.addr));
+        self.addr(client.addr);
         self.raw(b",\"server\":");
-        self.addr(Addr::Sock(server.addr));
+        self.addr(server.addr);
         self.raw(b",\"direction_guessed\":");
         self.bool(c.direction_guessed);
         self.raw(b",\"partial\":");
@@ -387,9 +276,9 @@ impl RowWriter {
         self.raw(b",\"conn\":");
         self.uint(t.conn_id);
         self.raw(b",\"endpoint\":");
-        self.addr(Addr::Sock(facts.addr(t.side)));
+        self.addr(facts.addr(t.side));
         self.raw(b",\"peer\":");
-        self.addr(Addr::Sock(facts.addr(t.side.other())));
+        self.addr(facts.addr(t.side.other()));
         self.raw(b",\"role\":");
         self.str(t.side.name());
         self.raw(b",\"from\":");
@@ -515,14 +404,6 @@ impl RowWriter {
     }
 
     #[inline]
-    fn opt_f64(&mut self, v: Option<f64>) {
-        match v {
-            Some(v) => self.f64(v),
-            None => self.raw(b"null"),
-        }
-    }
-
-    #[inline]
     fn opt_str(&mut self, v: Option<&str>) {
         match v {
             Some(s) => self.str(s),
@@ -536,19 +417,19 @@ impl RowWriter {
         self.buf.push(b'"');
     }
 
-    fn addr(&mut self, a: Addr<'_>) {
+    /// A socket address as a JSON string, formatted straight into the buffer (no `String`).
+    fn addr(&mut self, a: SockAddr) {
         match a {
-            Addr::Text(s) => self.str(s),
-            Addr::Sock(SockAddr {
+            SockAddr {
                 ip: IpAddr::V4(ip),
                 port,
-            }) => {
+            } => {
                 // The same text as `SockAddr`'s Display, without going through `fmt`.
                 self.buf.push(b'"');
                 super::push_ipv4_sock(&mut self.buf, ip, port);
                 self.buf.push(b'"');
             }
-            Addr::Sock(a) => {
+            a => {
                 // IPv6 text has rules of its own (zero runs, embedded IPv4): leave it to std.
                 // Writing to a Vec cannot fail, and the text needs no escaping.
                 self.buf.push(b'"');
@@ -697,89 +578,11 @@ mod tests {
             .unwrap();
     }
 
-    fn sample() -> ConnSummary {
-        ConnSummary {
-            id: 7,
-            client: "10.0.0.1:40000".into(),
-            server: "[2001:db8::1]:443".into(),
-            direction_guessed: true,
-            partial: false,
-            evicted: true,
-            expired: false,
-            start: 1_700_000_000.123456,
-            end: 0.0,
-            duration: 1e-7,
-            client_state: "ESTABLISHED",
-            server_state: "TIME_WAIT",
-            client_state_inferred: false,
-            server_state_inferred: true,
-            handshake: "completed",
-            syn_to_synack: Some(1e21),
-            synack_to_ack: Some(123456789.123456),
-            handshake_time: Some(f64::NAN),
-            syn_retransmits: u32::MAX,
-            synack_retransmits: 0,
-            first_closer: Some("client"),
-            first_fin_time: Some(f64::INFINITY),
-            half_close_duration: Some(-0.0),
-            half_close_open_at_end: true,
-            reset_by: Some("a \"quoted\" \\ back\\slash"),
-            reset_time: Some(f64::NEG_INFINITY),
-            reset_sender_state: Some("ctl \u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f} é ✓"),
-            reset_receiver_state: Some(""),
-            client_time_wait_start: Some(f64::MIN_POSITIVE),
-            client_time_wait_duration: Some(f64::MAX),
-            client_time_wait_end: Some("\""),
-            server_time_wait_start: Some(5e-324),
-            server_time_wait_duration: Some(1.0),
-            server_time_wait_end: Some("\\"),
-            client_packets: u64::MAX,
-            server_packets: 1,
-            client_bytes: 0,
-            server_bytes: 1 << 53,
-            fin_retransmits: 3,
-            rst_out_of_window: 4,
-            rst_in_window_not_exact: 5,
-            unexplained_segments: 6,
-            packets_after_close: 7,
-        }
-    }
-
-    fn unset(mut r: ConnSummary) -> ConnSummary {
-        r.syn_to_synack = None;
-        r.synack_to_ack = None;
-        r.handshake_time = None;
-        r.first_closer = None;
-        r.first_fin_time = None;
-        r.half_close_duration = None;
-        r.reset_by = None;
-        r.reset_time = None;
-        r.reset_sender_state = None;
-        r.reset_receiver_state = None;
-        r.client_time_wait_start = None;
-        r.client_time_wait_duration = None;
-        r.client_time_wait_end = None;
-        r.server_time_wait_start = None;
-        r.server_time_wait_duration = None;
-        r.server_time_wait_end = None;
-        r
-    }
-
-    fn ours(rows: &[ConnSummary]) -> String {
-        let mut out = Vec::new();
-        write_conn_json_lines(&mut out, rows).expect("writing to a Vec");
-        String::from_utf8(out).expect("JSON is UTF-8")
-    }
-
-    fn serde(rows: &[ConnSummary]) -> String {
-        rows.iter()
-            .map(|r| serde_json::to_string(r).expect("serializes") + "\n")
-            .collect()
-    }
-
+    /// Floats as serde_json writes them: whole microseconds by integers, the rest through
+    /// zmij, non-finite values as `null`.
     #[test]
-    fn hand_built_rows_match_serde_json() {
-        let floats = [
+    fn floats_are_written_as_serde_json_writes_them() {
+        for f in [
             0.0,
             -0.0,
             1.0,
@@ -795,24 +598,21 @@ mod tests {
             1_700_000_000.000_001,
             f64::EPSILON,
             f64::MIN,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            5e-324,
             f64::NAN,
             f64::INFINITY,
-        ];
-        let mut rows = vec![sample(), unset(sample())];
-        for (i, &f) in floats.iter().enumerate() {
-            let mut r = sample();
-            r.id = i as u64;
-            r.start = f;
-            r.end = -f;
-            r.duration = f * 3.0;
-            r.syn_to_synack = Some(f / 7.0);
-            r.reset_time = Some(f);
-            rows.push(r);
+            f64::NEG_INFINITY,
+        ] {
+            let mut w = RowWriter::default();
+            w.f64(f);
+            let want = serde_json::to_string(&f).expect("serializes");
+            assert_eq!(String::from_utf8_lossy(w.bytes()), want, "{f:e}");
         }
-        assert_eq!(ours(&rows), serde(&rows));
     }
 
-    /// A line written from the record is the line of its summary, to the byte, for all
+    /// A line written from the record is serde_json's line of its summary, to the byte, for all
     /// kinds of records and times: epochs of today, near where the integer path stops
     /// (2^51 µs) and far past it, microseconds' ties and not.
     #[test]
@@ -833,13 +633,9 @@ mod tests {
                 for c in &conns {
                     let mut fast = RowWriter::default();
                     fast.record_row(c, end);
-                    let r = summarize(c, end);
-                    let mut slow = RowWriter::default();
-                    slow.conn_row(&r, Addr::Text(&r.client), Addr::Text(&r.server));
-                    prop_assert_eq!(
-                        String::from_utf8_lossy(fast.bytes()),
-                        String::from_utf8_lossy(slow.bytes())
-                    );
+                    let want =
+                        serde_json::to_string(&summarize(c, end)).expect("serializes") + "\n";
+                    prop_assert_eq!(String::from_utf8_lossy(fast.bytes()), want);
                     rows.set(rows.get() + 1);
                 }
                 Ok(())
@@ -874,26 +670,9 @@ mod tests {
         for a in addrs {
             let sock: SockAddr = a.parse().expect("test address");
             let mut w = RowWriter::default();
-            w.addr(Addr::Sock(sock));
-            let mut t = RowWriter::default();
-            t.addr(Addr::Text(&sock.to_string()));
-            assert_eq!(w.bytes(), t.bytes(), "{a}");
+            w.addr(sock);
+            let want = serde_json::to_string(&sock.to_string()).expect("serializes");
+            assert_eq!(String::from_utf8_lossy(w.bytes()), want, "{a}");
         }
-    }
-
-    #[test]
-    fn large_batches_are_written_whole() {
-        let rows: Vec<_> = (0..500)
-            .map(|i| {
-                let mut r = if i % 2 == 0 {
-                    sample()
-                } else {
-                    unset(sample())
-                };
-                r.id = i;
-                r
-            })
-            .collect();
-        assert_eq!(ours(&rows), serde(&rows));
     }
 }
