@@ -23,33 +23,40 @@ fn opt_secs(v: Option<f64>) -> String {
 fn close_words(r: &ConnSummary) -> String {
     let mut text = Vec::new();
     let mut line = SpacedLine::new(&mut text, 0);
-    push_close_words(&mut line, r);
+    let reset = r.reset_by.zip(r.reset_sender_state);
+    push_close_words(&mut line, r.first_closer, reset, r.handshake == "refused");
     line.finish();
     String::from_utf8(text).unwrap_or_default()
 }
 
-/// `close_words` written into `line`.
-fn push_close_words(line: &mut SpacedLine<'_>, r: &ConnSummary) {
+/// `close_words` written into `line`, from its parts: who sent the first FIN
+/// ("simultaneous" for crossed FINs), who reset and in what state, whether that refused the
+/// connection.
+fn push_close_words(
+    line: &mut SpacedLine<'_>,
+    first_closer: Option<&str>,
+    reset: Option<(&str, &str)>,
+    refused: bool,
+) {
     let start = line.at;
-    if let Some(who) = r.first_closer {
-        match who {
-            "simultaneous" => line.put(b"both FIN (crossed)"),
-            w => {
-                line.put(w.as_bytes());
-                line.put(b" FIN first");
-            }
+    match first_closer {
+        Some("simultaneous") => line.put(b"both FIN (crossed)"),
+        Some(who) => {
+            line.put(who.as_bytes());
+            line.put(b" FIN first");
         }
+        None => {}
     }
-    if let (Some(by), Some(st)) = (r.reset_by, r.reset_sender_state) {
+    if let Some((by, state)) = reset {
         if line.at > start {
             line.put(b", ");
         }
         line.put(by.as_bytes());
-        if r.handshake == "refused" {
+        if refused {
             line.put(b" RST (refused)");
         } else {
             line.put(b" RST in ");
-            line.put(st.as_bytes());
+            line.put(state.as_bytes());
         }
     }
     if line.at == start {
@@ -360,30 +367,13 @@ fn push_line(
         None => line.byte(b'-'),
     }
     next(&mut line, &mut cell_start);
-    let words_start = line.at;
-    match first_closer(c) {
-        Some("simultaneous") => line.put(b"both FIN (crossed)"),
-        Some(who) => {
-            line.put(who.as_bytes());
-            line.put(b" FIN first");
-        }
-        None => {}
-    }
-    if let Some(reset) = c.reset() {
-        if line.at > words_start {
-            line.put(b", ");
-        }
-        line.put(reset.by.name().as_bytes());
-        if handshake == Handshake::Refused {
-            line.put(b" RST (refused)");
-        } else {
-            line.put(b" RST in ");
-            line.put(reset.sender_state.name().as_bytes());
-        }
-    }
-    if line.at == words_start {
-        line.byte(b'-');
-    }
+    let reset = c.reset().map(|r| (r.by.name(), r.sender_state.name()));
+    push_close_words(
+        &mut line,
+        first_closer(c),
+        reset,
+        handshake == Handshake::Refused,
+    );
     next(&mut line, &mut cell_start);
     let mut any_time_wait = false;
     for side in [Side::Client, Side::Server] {
@@ -504,6 +494,32 @@ mod tests {
             .collect();
         let came: Vec<u64> = conns.iter().map(|c| c.id).collect();
         assert_eq!(order, came);
+    }
+
+    /// The CLOSE column's words, as the README shows them.
+    #[test]
+    fn close_words_say_who_closed_and_how() {
+        let words = |first: Option<&str>, reset: Option<(&str, &str)>, refused: bool| {
+            let mut text = Vec::new();
+            let mut line = SpacedLine::new(&mut text, 0);
+            push_close_words(&mut line, first, reset, refused);
+            line.finish();
+            String::from_utf8(text).unwrap()
+        };
+        assert_eq!(words(None, None, false), "-");
+        assert_eq!(words(Some("server"), None, false), "server FIN first");
+        assert_eq!(
+            words(Some("simultaneous"), None, false),
+            "both FIN (crossed)"
+        );
+        assert_eq!(
+            words(None, Some(("server", "SYN_RECV")), true),
+            "server RST (refused)"
+        );
+        assert_eq!(
+            words(Some("client"), Some(("server", "CLOSE_WAIT")), false),
+            "client FIN first, server RST in CLOSE_WAIT"
+        );
     }
 
     /// A streamed line is the line `write_table_line` makes from the cells of the record's
