@@ -46,10 +46,11 @@ impl ReadAhead {
         thread::Builder::new()
             .name("read-ahead".into())
             .spawn(move || fill(input, &chunk_tx, &spent_rx))?;
-        Ok(ReadAhead::over_not(chunks, spent))
+        Ok(ReadAhead::waiting_on(chunks, spent))
     }
 
-    fn over_not(chunks: Receiver<Chunk>, spent: SyncSender<Vec<u8>>) -> ReadAhead {
+    /// A reader of the chunks the thread sends on `chunks`, giving them back on `spent`.
+    fn waiting_on(chunks: Receiver<Chunk>, spent: SyncSender<Vec<u8>>) -> ReadAhead {
         ReadAhead {
             chunks,
             spent,
