@@ -1025,6 +1025,19 @@ impl ConnsStream {
         })
     }
 
+    /// Writes the records that have ended. Out of line: after most packets none have, and
+    /// the per-packet check stays a few instructions with no stack frame to set up.
+    #[inline(never)]
+    fn write_ended(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        // The batch's allocation serves as the spare (it is empty until the finish).
+        let mut ended = std::mem::take(&mut self.batch);
+        engine.take_ended_into(&mut ended);
+        let flow = self.write_rows(&ended, engine.now().unwrap_or_default());
+        ended.clear();
+        self.batch = ended;
+        flow
+    }
+
     /// After the last record: what the table still holds, or a CSV header with no rows.
     fn write_tail(&mut self) -> ControlFlow<()> {
         let table = &mut self.table;
@@ -1071,13 +1084,7 @@ impl Watcher for ConnsStream {
         if !engine.has_ended() {
             return ControlFlow::Continue(());
         }
-        // The batch's allocation serves as the spare (it is empty until the finish).
-        let mut ended = std::mem::take(&mut self.batch);
-        engine.take_ended_into(&mut ended);
-        let flow = self.write_rows(&ended, engine.now().unwrap_or_default());
-        ended.clear();
-        self.batch = ended;
-        flow
+        self.write_ended(engine)
     }
     fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
         self.after_packet(engine)

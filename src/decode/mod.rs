@@ -70,6 +70,24 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A placeholder for the decoder to write over.
+    pub const NONE: Segment = Segment {
+        src: SockAddr {
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+        },
+        dst: SockAddr {
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+        },
+        seq: 0,
+        ack: 0,
+        flags: 0,
+        window: 0,
+        wscale: None,
+        payload_len: 0,
+    };
+
     pub fn has(&self, f: u8) -> bool {
         self.flags & f != 0
     }
@@ -138,6 +156,16 @@ pub enum Decoded {
     /// Not IP at all (ARP, LLDP, ...).
     NotIp,
     /// A non-first IP fragment: no TCP header to read.
+    Fragment,
+}
+
+/// `Decoded` without the segment, which the decoder writes to the caller's place: the
+/// answer of the hot path is a byte, not a 60-byte value copied out through each layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    NotTcp,
+    NotIp,
     Fragment,
 }
 
@@ -238,31 +266,70 @@ pub fn decode_checked(
     frame: &[u8],
     cut: bool,
 ) -> (Result<Decoded, DecodeError>, LengthDoubt) {
+    let mut seg = Segment::NONE;
+    let (kind, doubt) = decode_into(link, frame, cut, &mut seg);
+    (kind.map(|k| k.with(seg)), doubt)
+}
+
+impl Kind {
+    fn with(self, seg: Segment) -> Decoded {
+        match self {
+            Kind::Tcp => Decoded::Tcp(seg),
+            Kind::NotTcp => Decoded::NotTcp,
+            Kind::NotIp => Decoded::NotIp,
+            Kind::Fragment => Decoded::Fragment,
+        }
+    }
+}
+
+/// `decode_checked`, the segment written to `seg` (untouched unless the kind is `Tcp`).
+pub fn decode_into(
+    link: LinkType,
+    frame: &[u8],
+    cut: bool,
+    seg: &mut Segment,
+) -> (Result<Kind, DecodeError>, LengthDoubt) {
     match link::strip_link(link, frame) {
-        Ok(link::LinkPayload::Ip(ip)) => decode_ip_checked(ip, cut),
-        Ok(link::LinkPayload::NotIp) => (Ok(Decoded::NotIp), LengthDoubt::None),
+        Ok(link::LinkPayload::Ip(ip)) => decode_ip_into(ip, cut, seg),
+        Ok(link::LinkPayload::NotIp) => (Ok(Kind::NotIp), LengthDoubt::None),
         Err(e) => (Err(e), LengthDoubt::None),
     }
 }
 
-pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
-    decode_ip_checked(ip, true).0
+/// The IP packet of an Ethernet frame whose ethertype is IPv4 or IPv6, untagged: nearly
+/// every frame captured on an interface, found without `strip_link`'s walk (which gives
+/// the same bytes for these frames).
+#[inline(always)]
+pub fn ethernet_ip(linktype: i32, frame: &[u8]) -> Option<&[u8]> {
+    const ETHERNET: i32 = 1;
+    match frame.get(12..14) {
+        Some([0x08, 0x00] | [0x86, 0xdd]) if linktype == ETHERNET => frame.get(14..),
+        _ => None,
+    }
 }
 
-fn decode_ip_checked(ip: &[u8], cut: bool) -> (Result<Decoded, DecodeError>, LengthDoubt) {
+pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
+    let mut seg = Segment::NONE;
+    let (kind, _) = decode_ip_into(ip, true, &mut seg);
+    kind.map(|k| k.with(seg))
+}
+
+/// `decode_into` from the IP header on.
+#[inline]
+pub fn decode_ip_into(
+    ip: &[u8],
+    cut: bool,
+    seg: &mut Segment,
+) -> (Result<Kind, DecodeError>, LengthDoubt) {
     let mut doubt = LengthDoubt::None;
-    let result = decode_ip_inner(ip, cut, &mut doubt);
-    if !matches!(result, Ok(Decoded::Tcp(_))) {
+    let result = match plain_ip_tcp(ip, cut, &mut doubt, seg) {
+        Some(kind) => kind,
+        None => decode_ip_general(ip, cut, &mut doubt, seg),
+    };
+    if result != Ok(Kind::Tcp) {
         doubt = LengthDoubt::None;
     }
     (result, doubt)
-}
-
-fn decode_ip_inner(ip: &[u8], cut: bool, doubt: &mut LengthDoubt) -> Result<Decoded, DecodeError> {
-    if let Some(decoded) = plain_ip_tcp(ip, cut, doubt) {
-        return decoded;
-    }
-    decode_ip_general(ip, cut, doubt)
 }
 
 /// The common case by hand, at fixed offsets: IPv4 without an authentication header, or
@@ -274,7 +341,8 @@ fn plain_ip_tcp(
     ip: &[u8],
     cut: bool,
     doubt: &mut LengthDoubt,
-) -> Option<Result<Decoded, DecodeError>> {
+    seg: &mut Segment,
+) -> Option<Result<Kind, DecodeError>> {
     const AUTH: u8 = 51;
     match ip.first().map(|b| b >> 4) {
         Some(4) if ip.len() >= 20 && ip[9] != AUTH => {
@@ -289,10 +357,10 @@ fn plain_ip_tcp(
                 return Some(Err(DecodeError::TruncatedIpHeader));
             }
             if be16(6) & 0x1fff != 0 {
-                return Some(Ok(Decoded::Fragment));
+                return Some(Ok(Kind::Fragment));
             }
             if h[9] != TCP {
-                return Some(Ok(Decoded::NotTcp));
+                return Some(Ok(Kind::NotTcp));
             }
             let total = usize::from(be16(2));
             // As etherparse's lax slicing: the total length bounds the payload when it is
@@ -314,6 +382,7 @@ fn plain_ip_tcp(
                 IpAddr::V4(addr4(16)),
                 from_header,
                 &ip[header_len..payload_end],
+                seg,
             ))
         }
         Some(6) if ip.len() >= 40 && ip[6] == TCP => {
@@ -337,6 +406,7 @@ fn plain_ip_tcp(
                 IpAddr::V6(addr6(24)),
                 (declared != 0).then_some(declared as u32),
                 &ip[40..payload_end],
+                seg,
             ))
         }
         _ => None,
@@ -344,11 +414,14 @@ fn plain_ip_tcp(
 }
 
 /// Any IP packet, through etherparse's lax slicing (extension headers, AH, odd lengths).
+/// Out of line: the hot path stays small.
+#[inline(never)]
 fn decode_ip_general(
     ip: &[u8],
     cut: bool,
     doubt: &mut LengthDoubt,
-) -> Result<Decoded, DecodeError> {
+    seg: &mut Segment,
+) -> Result<Kind, DecodeError> {
     use etherparse::err::ip::{HeaderError, LaxHeaderSliceError};
     let (sliced, ext_error) = LaxIpSlice::from_slice(ip).map_err(|e| match e {
         LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIpHeader,
@@ -363,7 +436,7 @@ fn decode_ip_general(
         LaxIpSlice::Ipv4(v4) => {
             let h = v4.header();
             if h.fragments_offset().value() != 0 {
-                return Ok(Decoded::Fragment);
+                return Ok(Kind::Fragment);
             }
             let header_len = u32::from(h.ihl()) * 4;
             let total = u32::from(h.total_len());
@@ -385,7 +458,7 @@ fn decode_ip_general(
                 return Err(DecodeError::BadIpv6ExtensionHeaders);
             }
             if v6.is_payload_fragmented() {
-                return Ok(Decoded::Fragment);
+                return Ok(Kind::Fragment);
             }
             let h = v6.header();
             let declared = u32::from(h.payload_length());
@@ -403,9 +476,9 @@ fn decode_ip_general(
     };
     let payload = sliced.payload();
     if payload.ip_number.0 != TCP {
-        return Ok(Decoded::NotTcp);
+        return Ok(Kind::NotTcp);
     }
-    tcp_segment(src_ip, dst_ip, ip_payload_len, payload.payload)
+    tcp_segment(src_ip, dst_ip, ip_payload_len, payload.payload, seg)
 }
 
 /// The TCP facts from the bytes after the IP header(s). `ip_payload_len`: the TCP length
@@ -416,7 +489,8 @@ fn tcp_segment(
     dst_ip: IpAddr,
     ip_payload_len: Option<u32>,
     tcp_bytes: &[u8],
-) -> Result<Decoded, DecodeError> {
+    seg: &mut Segment,
+) -> Result<Kind, DecodeError> {
     // The fixed 20 bytes as an array: constant offsets, no bounds check per field.
     let Some(h) = tcp_bytes.first_chunk::<20>() else {
         return Err(DecodeError::TruncatedTcpHeader);
@@ -441,7 +515,7 @@ fn tcp_segment(
     };
     // Fixed-offset fields of the 20-byte header (RFC 9293 section 3.1). etherparse's
     // TcpHeaderSlice insists on the whole options area, which a snap length may have cut.
-    Ok(Decoded::Tcp(Segment {
+    *seg = Segment {
         src: SockAddr {
             ip: src_ip,
             port: u16::from_be_bytes([h[0], h[1]]),
@@ -456,7 +530,8 @@ fn tcp_segment(
         window: u16::from_be_bytes([h[14], h[15]]),
         wscale,
         payload_len: ip_payload_len - header_len,
-    }))
+    };
+    Ok(Kind::Tcp)
 }
 
 /// The window-scale shift from a TCP options area, if the option is there and whole.
@@ -595,14 +670,15 @@ mod tests {
                     }
                 }
                 ip.truncate(cut_at.max(1));
-                let mut fast_doubt = LengthDoubt::None;
-                if let Some(fast) = plain_ip_tcp(&ip, cut, &mut fast_doubt) {
+                let (mut fast_doubt, mut fast_seg) = (LengthDoubt::None, Segment::NONE);
+                if let Some(fast) = plain_ip_tcp(&ip, cut, &mut fast_doubt, &mut fast_seg) {
                     taken.set(taken.get() + 1);
-                    let mut doubt = LengthDoubt::None;
-                    let general = decode_ip_general(&ip, cut, &mut doubt);
-                    // Doubts count only for TCP segments (`decode_ip_checked` drops the rest).
-                    if matches!(fast, Ok(Decoded::Tcp(_))) {
+                    let (mut doubt, mut seg) = (LengthDoubt::None, Segment::NONE);
+                    let general = decode_ip_general(&ip, cut, &mut doubt, &mut seg);
+                    // Doubts count only for TCP segments (`decode_ip_into` drops the rest).
+                    if fast == Ok(Kind::Tcp) {
                         prop_assert_eq!(fast_doubt, doubt);
+                        prop_assert_eq!(fast_seg, seg);
                     }
                     prop_assert_eq!(fast, general);
                 }

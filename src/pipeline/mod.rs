@@ -6,7 +6,7 @@ pub mod sharded;
 use crate::capture::RawPacket;
 use crate::capture::filter::PacketFilter;
 use crate::decode::SockAddr;
-use crate::decode::{self, DecodeError, Decoded, LengthDoubt, LinkType, Segment};
+use crate::decode::{self, DecodeError, Kind, LengthDoubt, LinkType, Segment};
 use crate::flow::conn::Side;
 use crate::flow::conn::Transition;
 use crate::flow::{
@@ -109,8 +109,15 @@ pub struct Front {
     stop_after: Option<Ts>,
 }
 
-/// A TCP segment that passed the front, with its packet time on the engine's clock (never
-/// earlier than the packet before) and its 1-based number over all input.
+/// A packet let in: its time on the engine's clock (never earlier than the packet before)
+/// and its 1-based number over all input.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    pub ts: Ts,
+    pub packet: u64,
+}
+
+/// A TCP segment that passed the front, with its `Admission`.
 #[derive(Clone, Copy, Debug)]
 pub struct Admitted {
     pub seg: Segment,
@@ -146,8 +153,9 @@ impl Front {
         self.stop_after.or(self.clock)
     }
 
-    /// Counts the packet and returns its TCP segment, if it has one the engine should track.
-    pub fn admit(&mut self, pkt: &RawPacket<'_>) -> Option<Admitted> {
+    /// Counts the packet and, if it has a TCP segment the engine should track, writes it to
+    /// `seg` and says when it came and its number.
+    pub fn admit(&mut self, pkt: &RawPacket<'_>, seg: &mut Segment) -> Option<Admission> {
         self.counters.packets += 1;
         if let Some(stop) = self.stop_after
             && pkt.ts != Ts::UNKNOWN
@@ -174,32 +182,43 @@ impl Front {
             self.counters.filtered_out += 1;
             return None;
         }
-        let Some(link) = LinkType::from_linktype(pkt.linktype) else {
-            self.counters.unsupported_link += 1;
-            return None;
-        };
         let cut = (pkt.orig_len as usize) > pkt.data.len();
-        let (decoded, doubt) = decode::decode_checked(link, pkt.data, cut);
+        let (kind, doubt) = match decode::ethernet_ip(pkt.linktype, pkt.data) {
+            Some(ip) => decode::decode_ip_into(ip, cut, seg),
+            None => {
+                let Some(link) = LinkType::from_linktype(pkt.linktype) else {
+                    self.counters.unsupported_link += 1;
+                    return None;
+                };
+                decode::decode_into(link, pkt.data, cut, seg)
+            }
+        };
         match doubt {
             LengthDoubt::None => {}
             LengthDoubt::Ipv4TotalBelowHeader => self.counters.ipv4_total_below_header += 1,
             LengthDoubt::IpLengthBeyondFrame => self.counters.ip_length_beyond_frame += 1,
         }
-        match decoded {
-            Ok(Decoded::Tcp(seg)) => {
+        match kind {
+            Ok(Kind::Tcp) => {
                 self.counters.tcp += 1;
-                return Some(Admitted {
-                    seg,
+                return Some(Admission {
                     ts,
                     packet: self.counters.packets,
                 });
             }
-            Ok(Decoded::NotTcp) => self.counters.not_tcp += 1,
-            Ok(Decoded::NotIp) => self.counters.not_ip += 1,
-            Ok(Decoded::Fragment) => self.counters.ip_fragments += 1,
+            Ok(Kind::NotTcp) => self.counters.not_tcp += 1,
+            Ok(Kind::NotIp) => self.counters.not_ip += 1,
+            Ok(Kind::Fragment) => self.counters.ip_fragments += 1,
             Err(e) => self.counters.undecodable[e.index()] += 1,
         }
         None
+    }
+
+    /// `admit`, with the segment in the answer (for a caller that sends it on).
+    pub fn admit_owned(&mut self, pkt: &RawPacket<'_>) -> Option<Admitted> {
+        let mut seg = Segment::NONE;
+        let Admission { ts, packet } = self.admit(pkt, &mut seg)?;
+        Some(Admitted { seg, ts, packet })
     }
 }
 
@@ -379,7 +398,8 @@ impl Engine {
             self.table
                 .look_ahead(decode::syn_ahead(pkt.linktype, pkt.ahead));
         }
-        let Some(Admitted { seg, ts, packet }) = self.front.admit(pkt) else {
+        let mut seg = Segment::NONE;
+        let Some(Admission { ts, packet }) = self.front.admit(pkt, &mut seg) else {
             return;
         };
         let recorded = self.transitions.as_ref().map_or(0, Vec::len);

@@ -147,7 +147,7 @@ pub struct Reader {
 impl Reader {
     /// One packet in.
     pub fn process(&mut self, pkt: &RawPacket<'_>) -> ControlFlow<()> {
-        let Some(admitted) = self.front.admit(pkt) else {
+        let Some(admitted) = self.front.admit_owned(pkt) else {
             return ControlFlow::Continue(());
         };
         let sweep = self.sweeps.due(admitted.ts, &self.cfg);
