@@ -315,7 +315,7 @@ pub fn decode_ip(ip: &[u8]) -> Result<Decoded, DecodeError> {
 }
 
 /// `decode_into` from the IP header on.
-#[inline]
+#[inline(always)]
 pub fn decode_ip_into(
     ip: &[u8],
     cut: bool,

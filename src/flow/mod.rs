@@ -330,6 +330,7 @@ impl FlowTable {
     }
 
     /// `on_segment` without the sweep that may be due first.
+    #[inline(always)]
     pub fn apply(
         &mut self,
         seg: &Segment,

@@ -155,6 +155,7 @@ impl Front {
 
     /// Counts the packet and, if it has a TCP segment the engine should track, writes it to
     /// `seg` and says when it came and its number.
+    #[inline(always)]
     pub fn admit(&mut self, pkt: &RawPacket<'_>, seg: &mut Segment) -> Option<Admission> {
         self.counters.packets += 1;
         if let Some(stop) = self.stop_after
