@@ -648,8 +648,8 @@ impl Connection {
         crate::flow::FlowKey::new(self.ends[0].addr, self.ends[1].addr)
     }
 
-    pub fn side_of(&self, addr: SockAddr) -> Side {
-        if self.ends[0].addr == addr {
+    pub fn side_of(&self, addr: &SockAddr) -> Side {
+        if self.ends[0].addr == *addr {
             Side::Client
         } else {
             Side::Server

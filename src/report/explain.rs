@@ -74,7 +74,7 @@ pub fn write_ladder(
         while let Some(t) = foreign.next_if(|t| t.ts < p.ts) {
             lines.push(timer_line(t));
         }
-        let from = conn.side_of(p.seg.src);
+        let from = conn.side_of(&p.seg.src);
         let mut states = [None, None];
         for t in transitions.iter().filter(|t| t.packet == p.packet) {
             states[t.side.index()] = Some(t.to.name());
