@@ -14,6 +14,7 @@ use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::{Side, Transition};
 use crate::report::events::ConnFacts;
+use crate::report::line::write_digits;
 use crate::report::packet::flag_letters_in;
 use crate::time::{Dur, Ts, duration_secs, epoch_secs};
 
@@ -384,23 +385,21 @@ impl RowWriter {
                 .extend_from_slice(&[b'0' + micros as u8, b'e', b'-', b'6']);
             return;
         }
-        let (secs, mut frac) = (micros / 1_000_000, micros % 1_000_000);
-        self.uint(secs);
-        self.buf.push(b'.');
-        if frac == 0 {
-            self.buf.push(b'0');
-            return;
+        let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+        // The seconds, the point and six digits of fraction in a stack buffer, then the
+        // fraction's trailing zeros dropped (one kept after the point): one copy into the
+        // line, where pushes and a second integer formatting cost more than the digits.
+        let mut text = [0u8; 28];
+        let whole = self.int.format(secs).as_bytes();
+        text[..whole.len()].copy_from_slice(whole);
+        let point = whole.len();
+        text[point] = b'.';
+        write_digits(&mut text[point + 1..point + 7], frac);
+        let mut len = point + 7;
+        while len > point + 2 && text[len - 1] == b'0' {
+            len -= 1;
         }
-        let mut digits = 6;
-        while frac % 10 == 0 {
-            frac /= 10;
-            digits -= 1;
-        }
-        let text = self.int.format(frac);
-        for _ in text.len()..digits {
-            self.buf.push(b'0');
-        }
-        self.buf.extend_from_slice(text.as_bytes());
+        self.buf.extend_from_slice(&text[..len]);
     }
 
     #[inline]
