@@ -157,6 +157,23 @@ pub fn read_from<'r>(
     read_one(source, Input::Plain(Box::new(input)), counters, on_packet)
 }
 
+/// `read_from`, with `input` read on a thread of its own as `read_files` reads a file: each
+/// `read` of `input` becomes a chunk the classic reader walks where it lies, so a reader
+/// that gives a few bytes at a time puts a chunk's end inside every part of a record (the
+/// reader fuzz target holds this to `read_from`).
+pub fn read_ahead_from(
+    source: &str,
+    input: impl Read + Send + 'static,
+    counters: &mut ContainerCounters,
+    on_packet: &mut PacketFn<'_>,
+) -> Result<ControlFlow<()>, CaptureError> {
+    let input = ReadAhead::new(input).map_err(|e| CaptureError {
+        source: source.to_string(),
+        kind: CaptureErrorKind::Read(e.to_string()),
+    })?;
+    read_one(source, Input::Ahead(input), counters, on_packet)
+}
+
 /// Where a capture's bytes come from: any reader (into the classic reader's own buffer), or
 /// a file read ahead on a thread of its own, whose chunks the classic reader walks where
 /// they lie.
@@ -547,7 +564,7 @@ const CLASSIC_BUFFER_BYTES: usize = 1 << 20;
 /// How many records ahead of the one handed over the reader shows (`RawPacket::ahead`):
 /// far enough that a prefetch started there has arrived (a packet takes ~150 ns, a load from
 /// memory ~100 ns), near enough that what it fetched is still in the cache.
-const LOOK_AHEAD: usize = 16;
+pub const LOOK_AHEAD: usize = 16;
 
 /// Reads a classic pcap from its 24-byte header `head` on, walking records straight over one
 /// buffer: no per-packet allocation or copy. Accepts and rejects what `pcap-parser` (0.17)
