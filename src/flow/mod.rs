@@ -36,6 +36,15 @@ impl FlowKey {
 /// derived ordering and hashing (byte by byte), which cost more than the rest of the lookup.
 /// 32 bits of it are kept in the index, so that growing the index never reads the records (`spread` makes the table's hash of them).
 fn tuple_hash(hasher: &DefaultHashBuilder, a: SockAddr, b: SockAddr) -> u32 {
+    // IPv4 (nearly every capture): each end's address and port in one word, two words to
+    // hash instead of five.
+    if let (IpAddr::V4(x), IpAddr::V4(y)) = (a.ip, b.ip) {
+        let word =
+            |ip: std::net::Ipv4Addr, port: u16| (u64::from(u32::from(ip)) << 16) | u64::from(port);
+        let (x, y) = (word(x, a.port), word(y, b.port));
+        let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
+        return (hasher.hash_one((lo, hi)) >> 32) as u32;
+    }
     fn bits(s: SockAddr) -> (u128, u16) {
         match s.ip {
             IpAddr::V4(v4) => (u128::from(u32::from(v4)), s.port),
