@@ -22,6 +22,7 @@ use crate::pipeline::sharded::{self, MergedSink};
 use crate::pipeline::{Engine, Front, Outcome, Watch};
 use crate::report::packet::Relative;
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
+use crate::report::write_behind::WriteBehind;
 use crate::report::{self, conns, diagnose, events, explain, states};
 use crate::tcp::machine::Event;
 use crate::time::{Dur, Ts, parse_time_arg};
@@ -921,18 +922,40 @@ fn run_engine(
 }
 
 /// Standard output for records written while reading: buffered, and flushed after every
-/// record when live, so `| jq` or a log shipper sees each at once.
+/// record when live, so `| jq` or a log shipper sees each at once. Otherwise (a file read)
+/// written on a thread of its own, so that the copies into the kernel overlap the work.
 struct Stream {
-    out: BufWriter<io::Stdout>,
+    out: Out,
     flush_each: bool,
     /// Writing failed: the reader went away (broken pipe), or another error to report.
     failed: Option<io::Error>,
 }
 
+enum Out {
+    Direct(BufWriter<io::Stdout>),
+    Behind(WriteBehind),
+}
+
+impl Out {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Out::Direct(w) => w,
+            Out::Behind(w) => w,
+        }
+    }
+}
+
 impl Stream {
     fn new(flush_each: bool) -> Stream {
+        let direct = || Out::Direct(BufWriter::with_capacity(1 << 16, io::stdout()));
+        let out = if flush_each {
+            direct()
+        } else {
+            // Written directly if no thread can be started.
+            WriteBehind::new(io::stdout()).map_or_else(|_| direct(), Out::Behind)
+        };
         Stream {
-            out: BufWriter::with_capacity(1 << 16, io::stdout()),
+            out,
             flush_each,
             failed: None,
         }
@@ -943,9 +966,10 @@ impl Stream {
         if self.failed.is_some() {
             return ControlFlow::Break(());
         }
-        let mut res = f(&mut self.out);
+        let out = self.out.writer();
+        let mut res = f(out);
         if res.is_ok() && self.flush_each {
-            res = self.out.flush();
+            res = out.flush();
         }
         match res {
             Ok(()) => ControlFlow::Continue(()),
@@ -958,9 +982,10 @@ impl Stream {
 
     /// Flushes and says how writing went: a broken pipe ends quietly, as in ripgrep.
     fn finish(mut self) -> Result<(), Failure> {
-        let res = match self.failed.take() {
-            Some(e) => Err(e),
-            None => self.out.flush(),
+        let res = match (self.failed.take(), &mut self.out) {
+            (Some(e), _) => Err(e),
+            (None, Out::Direct(w)) => w.flush(),
+            (None, Out::Behind(w)) => w.finish(),
         };
         match res {
             Ok(()) => Ok(()),

@@ -9,6 +9,7 @@ pub mod line;
 pub mod packet;
 pub mod states;
 pub mod top;
+pub mod write_behind;
 
 use std::io::{self, Write};
 
