@@ -12,6 +12,11 @@ const CHUNK: usize = 256 << 10;
 /// Chunks waiting for the thread: the engine waits rather than let a slow reader of the
 /// output (a pipe to a pager) make the queue grow.
 const QUEUED: usize = 2;
+/// Chunks made at most (one filling, those queued, one being written, one on its way back):
+/// past that the engine waits for one back. None is freed before the end, so the allocator
+/// is not moved to serve the records' memory differently (freeing 256 KiB blocks raises
+/// glibc's mmap threshold: the SYN flood's peak grew by 28 MB).
+const MADE: usize = QUEUED + 3;
 
 pub struct WriteBehind {
     /// The chunk being filled.
@@ -20,6 +25,8 @@ pub struct WriteBehind {
     full: Option<SyncSender<Vec<u8>>>,
     /// Chunks the thread has written, to fill again.
     spent: Receiver<Vec<u8>>,
+    /// Chunks made so far.
+    made: usize,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -28,7 +35,7 @@ impl WriteBehind {
     /// then writes directly).
     pub fn new(out: impl Write + Send + 'static) -> io::Result<WriteBehind> {
         let (full, to_write) = sync_channel::<Vec<u8>>(QUEUED);
-        let (written, spent) = sync_channel::<Vec<u8>>(QUEUED + 2);
+        let (written, spent) = sync_channel::<Vec<u8>>(MADE);
         let thread = thread::Builder::new()
             .name("write-behind".into())
             .spawn(move || {
@@ -38,6 +45,7 @@ impl WriteBehind {
                     // takes this error from `join`.
                     out.write_all(&chunk)?;
                     chunk.clear();
+                    // Room for every chunk made: never full, never dropped here.
                     let _ = written.try_send(chunk);
                 }
                 out.flush()
@@ -46,6 +54,7 @@ impl WriteBehind {
             buf: Vec::with_capacity(CHUNK),
             full: Some(full),
             spent,
+            made: 1,
             thread: Some(thread),
         })
     }
@@ -55,16 +64,23 @@ impl WriteBehind {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self
-            .spent
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        let chunk = std::mem::replace(&mut self.buf, next);
+        let chunk = std::mem::take(&mut self.buf);
         match &self.full {
-            Some(full) if full.send(chunk).is_ok() => Ok(()),
+            Some(full) if full.send(chunk).is_ok() => {}
             // The thread has ended: a write failed (or the output was already finished).
-            _ => Err(self.end()),
+            _ => return Err(self.end()),
         }
+        self.buf = match self.spent.try_recv() {
+            Ok(chunk) => chunk,
+            Err(_) if self.made < MADE => {
+                self.made += 1;
+                Vec::with_capacity(CHUNK)
+            }
+            // All made are in use: wait for the thread to give one back (it gives back each
+            // it writes, or ends, and then the next hand-over says why).
+            Err(_) => self.spent.recv().unwrap_or_default(),
+        };
+        Ok(())
     }
 
     /// Tells the thread the output is over and waits for it; its error, if it had one.
@@ -100,10 +116,12 @@ impl Write for WriteBehind {
     }
 
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
+        // Handed over before it would outgrow its chunk (a grown chunk is a new allocation
+        // and a freed one); only a single write larger than a chunk grows one.
+        if !self.buf.is_empty() && self.buf.len() + data.len() > CHUNK {
             self.hand_over()?;
         }
+        self.buf.extend_from_slice(data);
         Ok(())
     }
 
