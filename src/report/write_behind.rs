@@ -12,10 +12,10 @@ const CHUNK: usize = 256 << 10;
 /// Chunks waiting for the thread: the engine waits rather than let a slow reader of the
 /// output (a pipe to a pager) make the queue grow.
 const QUEUED: usize = 2;
-/// Chunks made at most (one filling, those queued, one being written, one on its way back):
-/// past that the engine waits for one back. None is freed before the end, so the allocator
-/// is not moved to serve the records' memory differently (freeing 256 KiB blocks raises
-/// glibc's mmap threshold: the SYN flood's peak grew by 28 MB).
+/// Chunks (one filling, those queued, one being written, one on its way back), all made at
+/// the start and none freed before the end: made later, a chunk could come from the top of
+/// the heap (once freed blocks have raised glibc's mmap threshold) and keep the heap from
+/// shrinking under it, which cost some runs on the SYN flood 27 MB more at the peak.
 const MADE: usize = QUEUED + 3;
 
 pub struct WriteBehind {
@@ -23,10 +23,8 @@ pub struct WriteBehind {
     buf: Vec<u8>,
     /// To the thread; `None` once it is told the output is over.
     full: Option<SyncSender<Vec<u8>>>,
-    /// Chunks the thread has written, to fill again.
+    /// Chunks the thread has written (and the spare ones), to fill again.
     spent: Receiver<Vec<u8>>,
-    /// Chunks made so far.
-    made: usize,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -36,6 +34,10 @@ impl WriteBehind {
     pub fn new(out: impl Write + Send + 'static) -> io::Result<WriteBehind> {
         let (full, to_write) = sync_channel::<Vec<u8>>(QUEUED);
         let (written, spent) = sync_channel::<Vec<u8>>(MADE);
+        for _ in 1..MADE {
+            // Room for every chunk: cannot fail.
+            let _ = written.try_send(Vec::with_capacity(CHUNK));
+        }
         let thread = thread::Builder::new()
             .name("write-behind".into())
             .spawn(move || {
@@ -54,7 +56,6 @@ impl WriteBehind {
             buf: Vec::with_capacity(CHUNK),
             full: Some(full),
             spent,
-            made: 1,
             thread: Some(thread),
         })
     }
@@ -70,16 +71,9 @@ impl WriteBehind {
             // The thread has ended: a write failed (or the output was already finished).
             _ => return Err(self.end()),
         }
-        self.buf = match self.spent.try_recv() {
-            Ok(chunk) => chunk,
-            Err(_) if self.made < MADE => {
-                self.made += 1;
-                Vec::with_capacity(CHUNK)
-            }
-            // All made are in use: wait for the thread to give one back (it gives back each
-            // it writes, or ends, and then the next hand-over says why).
-            Err(_) => self.spent.recv().unwrap_or_default(),
-        };
+        // The next chunk, once the thread has given one back (it gives back each it writes,
+        // or ends, and then the next hand-over says why).
+        self.buf = self.spent.recv().unwrap_or_default();
         Ok(())
     }
 
