@@ -21,6 +21,7 @@ use crate::flow::{Connection, EngineConfig, FlowKey, IdleTimeouts, Side};
 use crate::pipeline::sharded::{self, MergedSink};
 use crate::pipeline::{Engine, Front, Outcome, Watch};
 use crate::report::packet::Relative;
+use crate::report::records_behind::{RecordsBehind, Rows};
 use crate::report::top::{CaptureDrops, TopConfig, TopFeed, TopModel};
 use crate::report::write_behind::WriteBehind;
 use crate::report::{self, conns, diagnose, events, explain, states};
@@ -980,21 +981,26 @@ impl Stream {
         }
     }
 
-    /// Flushes and says how writing went: a broken pipe ends quietly, as in ripgrep.
+    /// Flushes and says how writing went.
     fn finish(mut self) -> Result<(), Failure> {
         let res = match (self.failed.take(), &mut self.out) {
             (Some(e), _) => Err(e),
             (None, Out::Direct(w)) => w.flush(),
             (None, Out::Behind(w)) => w.finish(),
         };
-        match res {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(Failure {
-                status: exit::INPUT_ERROR,
-                message: format!("writing output: {e}"),
-            }),
-        }
+        output_status(res)
+    }
+}
+
+/// How writing the output went: a broken pipe ends quietly, as in ripgrep.
+fn output_status(res: io::Result<()>) -> Result<(), Failure> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure {
+            status: exit::INPUT_ERROR,
+            message: format!("writing output: {e}"),
+        }),
     }
 }
 
@@ -1003,77 +1009,146 @@ impl Stream {
 /// then holds only the connections alive at once. The text table holds its first rows to
 /// size its columns (all of them, in id order, when there are few: `TableStream`).
 struct ConnsStream {
-    stream: Stream,
-    format: ConnsFormat,
-    table: conns::TableStream,
+    out: ConnsOut,
     /// The capture's first packet time (the text table's START is relative to it).
     start: Option<Ts>,
-    header_written: bool,
-    /// Records handed over at the finish, written a batch at a time.
-    batch: Vec<Connection>,
     /// The end of the capture (or `--at`), once the input is over.
     end: Ts,
 }
 
-impl ConnsStream {
-    /// Records written together at the finish: enough for large writes, few enough to hold.
-    const BATCH: usize = 256;
+/// Where `conns`' records go.
+enum ConnsOut {
+    /// Formatted and written here, each record as it ends (live, or a pipe in: each written
+    /// at once).
+    Here {
+        stream: Stream,
+        rows: ConnsRows,
+        /// Records handed over at the finish, written a batch at a time.
+        batch: Vec<Connection>,
+    },
+    /// Formatted and written on a thread of their own, a batch at a time (a file read).
+    Behind(RecordsBehind<ConnsRows, io::Stdout>),
+}
 
-    /// Writes the records held back from the finish.
-    fn write_batch(&mut self) -> ControlFlow<()> {
-        let batch = std::mem::take(&mut self.batch);
-        let flow = self.write_rows(&batch, self.end);
-        self.batch = batch;
-        self.batch.clear();
-        flow
-    }
+/// Formats `conns`' records.
+struct ConnsRows {
+    format: ConnsFormat,
+    table: conns::TableStream,
+    header_written: bool,
+}
 
-    fn write_rows(&mut self, conns: &[Connection], end: Ts) -> ControlFlow<()> {
-        if conns.is_empty() {
-            return ControlFlow::Continue(());
+impl ConnsRows {
+    fn new(format: ConnsFormat) -> ConnsRows {
+        ConnsRows {
+            format,
+            table: conns::TableStream::new(),
+            header_written: false,
         }
-        let (format, header, start) = (self.format, !self.header_written, self.start);
+    }
+}
+
+impl Rows for ConnsRows {
+    fn write(
+        &mut self,
+        out: &mut dyn Write,
+        conns: &[Connection],
+        end: Ts,
+        start: Option<Ts>,
+    ) -> io::Result<()> {
+        if conns.is_empty() {
+            return Ok(());
+        }
+        let header = !self.header_written;
         self.header_written = true;
-        let table = &mut self.table;
-        self.stream.write(|out| match format {
+        match self.format {
             ConnsFormat::Csv => {
                 let rows: Vec<_> = conns.iter().map(|c| summarize(c, end)).collect();
                 report::write_csv_rows(out, &rows, header)
             }
             ConnsFormat::Text => {
                 for c in conns {
-                    table.row(out, c, end, start)?;
+                    self.table.row(out, c, end, start)?;
                 }
                 Ok(())
             }
             _ => report::json::write_records_json_lines(out, conns, end),
-        })
+        }
+    }
+
+    /// After the last record: what the table still holds, or a CSV header with no rows.
+    fn tail(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        match self.format {
+            ConnsFormat::Text => self.table.finish(out),
+            ConnsFormat::Csv if !self.header_written => {
+                let none: [crate::analysis::ConnSummary; 0] = [];
+                report::write_csv_rows(out, &none, true)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ConnsStream {
+    /// Records written together at the finish: enough for large writes, few enough to hold.
+    const BATCH: usize = 256;
+
+    fn new(format: ConnsFormat, streams_in: bool) -> ConnsStream {
+        let here = || ConnsOut::Here {
+            stream: Stream::new(streams_in),
+            rows: ConnsRows::new(format),
+            batch: Vec::new(),
+        };
+        let out = if streams_in {
+            here()
+        } else {
+            // Written here if no thread can be started.
+            RecordsBehind::new(ConnsRows::new(format), io::stdout())
+                .map_or_else(|_| here(), ConnsOut::Behind)
+        };
+        ConnsStream {
+            out,
+            start: None,
+            end: Ts::default(),
+        }
     }
 
     /// Writes the records that have ended. Out of line: after most packets none have, and
     /// the per-packet check stays a few instructions with no stack frame to set up.
     #[inline(never)]
     fn write_ended(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        let now = engine.now().unwrap_or_default();
+        let start = self.start;
+        let ConnsOut::Here {
+            stream,
+            rows,
+            batch,
+        } = &mut self.out
+        else {
+            return ControlFlow::Continue(());
+        };
         // The batch's allocation serves as the spare (it is empty until the finish).
-        let mut ended = std::mem::take(&mut self.batch);
+        let mut ended = std::mem::take(batch);
         engine.take_ended_into(&mut ended);
-        let flow = self.write_rows(&ended, engine.now().unwrap_or_default());
+        let flow = stream.write(|out| rows.write(out, &ended, now, start));
         ended.clear();
-        self.batch = ended;
+        *batch = ended;
         flow
     }
 
-    /// After the last record: what the table still holds, or a CSV header with no rows.
-    fn write_tail(&mut self) -> ControlFlow<()> {
-        let table = &mut self.table;
-        match self.format {
-            ConnsFormat::Text => self.stream.write(|out| table.finish(out)),
-            ConnsFormat::Csv if !self.header_written => {
-                let none: [crate::analysis::ConnSummary; 0] = [];
-                self.stream
-                    .write(|out| report::write_csv_rows(out, &none, true))
+    /// Writes what is left, waits until it is written, and says how writing went.
+    fn finish(self) -> Result<(), Failure> {
+        let (start, end) = (self.start, self.end);
+        match self.out {
+            ConnsOut::Here {
+                mut stream,
+                mut rows,
+                batch,
+            } => {
+                let _ = stream.write(|out| rows.write(out, &batch, end, start));
+                let _ = stream.write(|out| rows.tail(out));
+                stream.finish()
             }
-            _ => ControlFlow::Continue(()),
+            ConnsOut::Behind(behind) => output_status(behind.finish(end, start)),
         }
     }
 }
@@ -1088,7 +1163,15 @@ impl MergedSink for ConnsStream {
         if self.start.is_none() {
             self.start = first;
         }
-        self.write_rows(conns, now)
+        let start = self.start;
+        match &mut self.out {
+            ConnsOut::Here { stream, rows, .. } => {
+                let flow = stream.write(|out| rows.write(out, conns, now, start));
+                conns.clear();
+                flow
+            }
+            ConnsOut::Behind(behind) => behind.taken(conns, now, start),
+        }
     }
     fn at_end(&mut self, end: Option<Ts>, first: Option<Ts>) {
         if self.start.is_none() {
@@ -1106,23 +1189,39 @@ impl Watcher for ConnsStream {
         if self.start.is_none() {
             self.start = engine.first_time();
         }
-        if !engine.has_ended() {
-            return ControlFlow::Continue(());
+        match &mut self.out {
+            ConnsOut::Behind(behind) => behind.after_packet(engine, self.start),
+            ConnsOut::Here { .. } if engine.has_ended() => self.write_ended(engine),
+            ConnsOut::Here { .. } => ControlFlow::Continue(()),
         }
-        self.write_ended(engine)
     }
     fn on_tick(&mut self, engine: &mut Engine, _wall: Ts, _stats: &LiveStats) -> ControlFlow<()> {
         self.after_packet(engine)
     }
     fn at_end(&mut self, engine: &mut Engine) {
-        // What ended with the last packet, then the rest in id order from `at_finish`.
+        // What ended with the last packet (and what waits in the engine for a batch), then
+        // the rest in id order from `at_finish`.
         let _ = self.after_packet(engine);
+        if let ConnsOut::Behind(behind) = &mut self.out {
+            behind.at_end(engine, self.start);
+        }
         self.end = engine.end_time().unwrap_or_default();
     }
     fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
-        self.batch.push(conn);
-        if self.batch.len() >= Self::BATCH {
-            let _ = self.write_batch();
+        let (start, end) = (self.start, self.end);
+        match &mut self.out {
+            ConnsOut::Here {
+                stream,
+                rows,
+                batch,
+            } => {
+                batch.push(conn);
+                if batch.len() >= Self::BATCH {
+                    let _ = stream.write(|out| rows.write(out, batch, end, start));
+                    batch.clear();
+                }
+            }
+            ConnsOut::Behind(behind) => behind.finished(conn, end, start),
         }
         None
     }
@@ -1937,19 +2036,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             run_zeek(&args.input, args.ignore_checksums)
         }
         Command::Conns(args) => {
-            let mut streaming = ConnsStream {
-                stream: Stream::new(args.input.streams_in()),
-                format: args.format,
-                table: conns::TableStream::new(),
-                start: None,
-                header_written: false,
-                batch: Vec::new(),
-                end: Ts::default(),
-            };
+            let mut streaming = ConnsStream::new(args.format, args.input.streams_in());
             let (outcome, source_end) = run_threaded(&args.input, None, &mut streaming)?;
-            let _ = streaming.write_batch();
-            let _ = streaming.write_tail();
-            streaming.stream.finish()?;
+            streaming.finish()?;
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }

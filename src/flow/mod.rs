@@ -330,6 +330,11 @@ impl FlowTable {
         !self.ended.is_empty()
     }
 
+    /// How many records `take_ended` has to give.
+    pub fn ended_len(&self) -> usize {
+        self.ended.len()
+    }
+
     /// Takes the records that have ended since the last call (superseded by a new connection
     /// on their 4-tuple, evicted, or expired), in the order they ended.
     pub fn take_ended(&mut self) -> Vec<Connection> {

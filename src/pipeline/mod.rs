@@ -529,6 +529,18 @@ fn retain_from<T>(list: &mut Vec<T>, from: usize, mut keep: impl FnMut(&T) -> bo
     list.truncate(kept);
 }
 
+impl crate::report::records_behind::Ended for Engine {
+    fn ended_len(&self) -> usize {
+        self.table.ended_len()
+    }
+    fn now(&self) -> Ts {
+        self.now().unwrap_or_default()
+    }
+    fn take_ended_into(&mut self, into: &mut Vec<Connection>) {
+        Engine::take_ended_into(self, into);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::retain_from;

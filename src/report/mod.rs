@@ -7,6 +7,7 @@ pub mod explain;
 pub mod json;
 pub mod line;
 pub mod packet;
+pub mod records_behind;
 pub mod states;
 pub mod top;
 pub mod write_behind;

@@ -1,83 +1,86 @@
-//! Output written on a thread of its own: the rows are formatted on the engine's thread and
-//! handed over in 256 KiB chunks; the thread copies them into the kernel (`write`), which
-//! for a file is a copy into the page cache as long as the formatting (JSON rows of a large
-//! capture: 400 MB, a third of the run). The mirror of `capture::read_ahead`.
+//! Output made and written on a thread of their own, so that the work overlaps the engine's
+//! on another core. `Behind` is the thread: it is handed batches of work (`Work`) and gives
+//! each back emptied, to be filled again. Two kinds of work go to it:
+//! - bytes (`WriteBehind`): rows formatted on the engine's thread, handed over in 256 KiB
+//!   chunks, and copied into the kernel there (`write`; for a file a copy into the page cache
+//!   as long as the formatting);
+//! - whole records (`conns` of a file: `cli`'s rows), formatted there too: the rows of short
+//!   connections were a fifth of the engine thread's time.
+//!
+//! The mirror of `capture::read_ahead`.
 
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::{self, JoinHandle};
 
-/// Bytes handed over at a time.
-const CHUNK: usize = 256 << 10;
-/// Chunks waiting for the thread: the engine waits rather than let a slow reader of the
+/// What a `Behind` thread does with each batch, and once they are over.
+pub trait Work: Send + 'static {
+    type Batch: Send + 'static;
+    /// Does the batch's work and empties it, keeping its allocations for the next.
+    fn take(&mut self, batch: &mut Self::Batch) -> io::Result<()>;
+    /// After the last batch (not after a failed one).
+    fn end(&mut self) -> io::Result<()>;
+}
+
+/// Batches waiting for the thread: the engine waits rather than let a slow reader of the
 /// output (a pipe to a pager) make the queue grow.
 const QUEUED: usize = 2;
-/// Chunks (one filling, those queued, one being written, one on its way back), all made at
-/// the start and none freed before the end: made later, a chunk could come from the top of
-/// the heap (once freed blocks have raised glibc's mmap threshold) and keep the heap from
+/// Batches (one filling, those queued, one at work, one on its way back), all made at the
+/// start and none freed before the end: made later, a batch could come from the top of the
+/// heap (once freed blocks have raised glibc's mmap threshold) and keep the heap from
 /// shrinking under it, which cost some runs on the SYN flood 27 MB more at the peak.
-const MADE: usize = QUEUED + 3;
+pub const BATCHES: usize = QUEUED + 3;
 
-pub struct WriteBehind {
-    /// The chunk being filled.
-    buf: Vec<u8>,
-    /// To the thread; `None` once it is told the output is over.
-    full: Option<SyncSender<Vec<u8>>>,
-    /// Chunks the thread has written (and the spare ones), to fill again.
-    spent: Receiver<Vec<u8>>,
+/// A thread doing `Work` on batches handed to it, in order.
+pub struct Behind<W: Work> {
+    /// To the thread; `None` once it is told the work is over.
+    full: Option<SyncSender<W::Batch>>,
+    /// Batches the thread has emptied (and the spare ones), to fill again.
+    spent: Receiver<W::Batch>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
-impl WriteBehind {
-    /// Starts the thread that writes to `out` (an error if none can be started: the caller
-    /// then writes directly).
-    pub fn new(out: impl Write + Send + 'static) -> io::Result<WriteBehind> {
-        let (full, to_write) = sync_channel::<Vec<u8>>(QUEUED);
-        let (written, spent) = sync_channel::<Vec<u8>>(MADE);
-        for _ in 1..MADE {
-            // Room for every chunk: cannot fail.
-            let _ = written.try_send(Vec::with_capacity(CHUNK));
+impl<W: Work> Behind<W> {
+    /// Starts the thread `name` doing `work`, with `BATCHES - 1` spare batches from
+    /// `make` (the caller makes the one it fills first); an error if no thread can be
+    /// started.
+    pub fn new(name: &str, work: W, make: impl Fn() -> W::Batch) -> io::Result<Behind<W>> {
+        let (full, to_do) = sync_channel::<W::Batch>(QUEUED);
+        let (done, spent) = sync_channel::<W::Batch>(BATCHES);
+        for _ in 1..BATCHES {
+            // Room for every batch: cannot fail.
+            let _ = done.try_send(make());
         }
-        let thread = thread::Builder::new()
-            .name("write-behind".into())
-            .spawn(move || {
-                let mut out = out;
-                for mut chunk in to_write {
-                    // A failure ends the thread: the engine's next hand-over fails and
-                    // takes this error from `join`.
-                    out.write_all(&chunk)?;
-                    chunk.clear();
-                    // Room for every chunk made: never full, never dropped here.
-                    let _ = written.try_send(chunk);
-                }
-                out.flush()
-            })?;
-        Ok(WriteBehind {
-            buf: Vec::with_capacity(CHUNK),
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            let mut work = work;
+            for mut batch in to_do {
+                // A failure ends the thread: the engine's next hand-over fails and
+                // takes this error from `join`.
+                work.take(&mut batch)?;
+                // Room for every batch made: never full, never dropped here.
+                let _ = done.try_send(batch);
+            }
+            work.end()
+        })?;
+        Ok(Behind {
             full: Some(full),
             spent,
             thread: Some(thread),
         })
     }
 
-    /// Hands the chunk being filled to the thread.
-    fn hand_over(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::take(&mut self.buf);
+    /// Hands `batch` to the thread; an emptied one back, to fill next (once the thread has
+    /// one: it gives back each it takes, or ends, and then this says why).
+    pub fn hand_over(&mut self, batch: W::Batch) -> io::Result<W::Batch> {
         match &self.full {
-            Some(full) if full.send(chunk).is_ok() => {}
-            // The thread has ended: a write failed (or the output was already finished).
+            Some(full) if full.send(batch).is_ok() => {}
+            // The thread has ended: work failed (or the output was already finished).
             _ => return Err(self.end()),
         }
-        // The next chunk, once the thread has given one back (it gives back each it writes,
-        // or ends, and then the next hand-over says why).
-        self.buf = self.spent.recv().unwrap_or_default();
-        Ok(())
+        self.spent.recv().map_err(|_| self.end())
     }
 
-    /// Tells the thread the output is over and waits for it; its error, if it had one.
+    /// Tells the thread the work is over and waits for it; its error, if it had one.
     fn join(&mut self) -> io::Result<()> {
         self.full = None;
         match self.thread.take().map(JoinHandle::join) {
@@ -95,11 +98,74 @@ impl WriteBehind {
         }
     }
 
-    /// Writes what is left and waits until the thread has written everything.
-    pub fn finish(&mut self) -> io::Result<()> {
-        let handed = self.hand_over();
+    /// Hands over the last `batch` and waits until the thread has done all the work.
+    pub fn finish(&mut self, batch: W::Batch) -> io::Result<()> {
+        let handed = match &self.full {
+            Some(full) if full.send(batch).is_ok() => Ok(()),
+            _ => Err(self.end()),
+        };
         let joined = self.join();
         handed.and(joined)
+    }
+}
+
+impl<W: Work> Drop for Behind<W> {
+    fn drop(&mut self) {
+        // Errors here have no one to go to.
+        let _ = self.join();
+    }
+}
+
+/// Bytes handed over at a time.
+const CHUNK: usize = 256 << 10;
+
+/// Copies chunks of bytes into `out`.
+struct Copy<O>(O);
+
+impl<O: Write + Send + 'static> Work for Copy<O> {
+    type Batch = Vec<u8>;
+    fn take(&mut self, chunk: &mut Vec<u8>) -> io::Result<()> {
+        self.0.write_all(chunk)?;
+        chunk.clear();
+        Ok(())
+    }
+    fn end(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A writer whose bytes are written to its output on a thread of their own.
+pub struct WriteBehind {
+    /// The chunk being filled.
+    buf: Vec<u8>,
+    thread: Behind<Copy<Box<dyn Write + Send>>>,
+}
+
+impl WriteBehind {
+    /// Starts the thread that writes to `out` (an error if none can be started: the caller
+    /// then writes directly).
+    pub fn new(out: impl Write + Send + 'static) -> io::Result<WriteBehind> {
+        let out: Box<dyn Write + Send> = Box::new(out);
+        let make = || Vec::with_capacity(CHUNK);
+        Ok(WriteBehind {
+            thread: Behind::new("write-behind", Copy(out), make)?,
+            buf: make(),
+        })
+    }
+
+    /// Hands the chunk being filled to the thread.
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.buf);
+        self.buf = self.thread.hand_over(chunk)?;
+        Ok(())
+    }
+
+    /// Writes what is left and waits until the thread has written everything.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.thread.finish(std::mem::take(&mut self.buf))
     }
 }
 
