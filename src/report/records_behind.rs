@@ -43,8 +43,9 @@ pub struct Batch {
     start: Option<Ts>,
 }
 
-/// Records in a batch: enough for few hand-overs, few enough to hold.
-pub const RECORDS: usize = 256;
+/// Records in a batch: enough for few hand-overs (each wakes the thread), few enough to hold
+/// (a batch is about 220 KB).
+pub const RECORDS: usize = 1024;
 
 /// Records that ended at once, past which they go over a batch at a time.
 const AT_ONCE: usize = 4 * RECORDS;
