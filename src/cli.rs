@@ -992,7 +992,8 @@ impl Stream {
     }
 }
 
-/// How writing the output went: a broken pipe ends quietly, as in ripgrep.
+/// How writing the output went: a broken pipe (the reader went away, `| head`) ends
+/// quietly, as in ripgrep.
 fn output_status(res: io::Result<()>) -> Result<(), Failure> {
     match res {
         Ok(()) => Ok(()),
@@ -1699,16 +1700,7 @@ impl Watcher for IntervalCounts {
 fn write_out(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Failure> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let res = f(&mut out).and_then(|_| out.flush());
-    match res {
-        Ok(()) => Ok(()),
-        // The reader went away (`| head`): stop quietly, as ripgrep does.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure {
-            status: exit::INPUT_ERROR,
-            message: format!("writing output: {e}"),
-        }),
-    }
+    output_status(f(&mut out).and_then(|_| out.flush()))
 }
 
 fn report_counters(quiet: bool, outcome: &Outcome, end: &SourceEnd) {
