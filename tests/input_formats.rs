@@ -689,23 +689,26 @@ fn bpf_filter_selects_one_port() {
 #[test]
 fn invalid_filter_is_a_usage_error() {
     let mixed = original("mixed.pcap");
-    let run = tcpstate(&[
-        "conns",
-        "-r",
-        path_str(&mixed),
-        "--format",
-        "json",
-        "-q",
-        "port",
-        "notaport",
-    ]);
-    assert_eq!(run.code, 2, "stderr: {}", run.stderr);
-    assert!(run.stderr.contains("filter"), "stderr: {}", run.stderr);
-    assert!(
-        run.stdout.is_empty(),
-        "no report for a bad command line: {}",
-        run.stdout
-    );
+    // Every format: the text table and CSV have a header to write, even with no rows.
+    for format in ["json", "text", "csv"] {
+        let run = tcpstate(&[
+            "conns",
+            "-r",
+            path_str(&mixed),
+            "--format",
+            format,
+            "-q",
+            "port",
+            "notaport",
+        ]);
+        assert_eq!(run.code, 2, "stderr: {}", run.stderr);
+        assert!(run.stderr.contains("filter"), "stderr: {}", run.stderr);
+        assert!(
+            run.stdout.is_empty(),
+            "no report for a bad command line ({format}): {}",
+            run.stdout
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -447,6 +447,26 @@ mod tests {
         );
     }
 
+    /// A run that fails before its end (a bad filter, found once the output is set up)
+    /// drops the output unfinished: what was handed over is written, and no tail after it.
+    #[test]
+    fn dropped_unfinished_writes_no_tail() {
+        // Up to `AT_ONCE` go over together; more, a batch at a time, the last one not full.
+        for (records, written) in [(0, 0), (3000, 3000), (6000, 5 * RECORDS)] {
+            let out = shared(usize::MAX);
+            let mut behind = RecordsBehind::new(IdRows, out.clone()).unwrap();
+            let mut engine = FakeEngine {
+                ended: (0..records).map(record).collect(),
+                now: Ts(7),
+            };
+            assert!(behind.after_packet(&mut engine, None).is_continue());
+            drop(behind);
+            let text = String::from_utf8(out.bytes.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("tail"), "{text:?}");
+            assert_eq!(text.lines().count(), written);
+        }
+    }
+
     /// A write that fails on the thread stops reading and comes back from `finish`, with its
     /// kind; what was written before it is whole lines.
     #[test]

@@ -18,7 +18,9 @@ pub trait Work: Send + 'static {
     type Batch: Send + 'static;
     /// Does the batch's work and empties it, keeping its allocations for the next.
     fn take(&mut self, batch: &mut Self::Batch) -> io::Result<()>;
-    /// After the last batch (not after a failed one).
+    /// After the last batch, when the work was finished (`Behind::finish`): not after a
+    /// failed batch, nor when the `Behind` was dropped unfinished (a run that failed before
+    /// its end, whose output has no end to write).
     fn end(&mut self) -> io::Result<()>;
 }
 
@@ -34,7 +36,8 @@ pub const BATCHES: usize = QUEUED + 3;
 /// A thread doing `Work` on batches handed to it, in order.
 pub struct Behind<W: Work> {
     /// To the thread; `None` once it is told the work is over.
-    full: Option<SyncSender<W::Batch>>,
+    /// `None` says the work is finished.
+    full: Option<SyncSender<Option<W::Batch>>>,
     /// Batches the thread has emptied (and the spare ones), to fill again.
     spent: Receiver<W::Batch>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -45,7 +48,7 @@ impl<W: Work> Behind<W> {
     /// `make` (the caller makes the one it fills first); an error if no thread can be
     /// started.
     pub fn new(name: &str, work: W, make: impl Fn() -> W::Batch) -> io::Result<Behind<W>> {
-        let (full, to_do) = sync_channel::<W::Batch>(QUEUED);
+        let (full, to_do) = sync_channel::<Option<W::Batch>>(QUEUED);
         let (done, spent) = sync_channel::<W::Batch>(BATCHES);
         for _ in 1..BATCHES {
             // Room for every batch: cannot fail.
@@ -53,14 +56,17 @@ impl<W: Work> Behind<W> {
         }
         let thread = thread::Builder::new().name(name.into()).spawn(move || {
             let mut work = work;
-            for mut batch in to_do {
+            for message in to_do {
+                let Some(mut batch) = message else {
+                    return work.end();
+                };
                 // A failure ends the thread: the engine's next hand-over fails and
                 // takes this error from `join`.
                 work.take(&mut batch)?;
                 // Room for every batch made: never full, never dropped here.
                 let _ = done.try_send(batch);
             }
-            work.end()
+            Ok(())
         })?;
         Ok(Behind {
             full: Some(full),
@@ -73,7 +79,7 @@ impl<W: Work> Behind<W> {
     /// one: it gives back each it takes, or ends, and then this says why).
     pub fn hand_over(&mut self, batch: W::Batch) -> io::Result<W::Batch> {
         match &self.full {
-            Some(full) if full.send(batch).is_ok() => {}
+            Some(full) if full.send(Some(batch)).is_ok() => {}
             // The thread has ended: work failed (or the output was already finished).
             _ => return Err(self.end()),
         }
@@ -98,10 +104,11 @@ impl<W: Work> Behind<W> {
         }
     }
 
-    /// Hands over the last `batch` and waits until the thread has done all the work.
+    /// Hands over the last `batch`, says the work is finished, and waits until the thread
+    /// has done all of it.
     pub fn finish(&mut self, batch: W::Batch) -> io::Result<()> {
         let handed = match &self.full {
-            Some(full) if full.send(batch).is_ok() => Ok(()),
+            Some(full) if full.send(Some(batch)).is_ok() && full.send(None).is_ok() => Ok(()),
             _ => Err(self.end()),
         };
         let joined = self.join();
