@@ -200,24 +200,42 @@ impl<R: Rows, O: Write + Send + 'static> RecordsBehind<R, O> {
                 .peek()
                 .copied()
                 .unwrap_or((usize::MAX, Ts::default()));
-            self.filling.conns.push(conn);
-            let full = self.filling.conns.len() >= RECORDS;
-            if at + 1 == upto || full {
-                let n = self.filling.conns.len();
-                self.filling.ends.push((n, end));
-            }
-            if full {
-                flow = self.hand_over(start);
-            }
+            flow = self.push(conn, end, at + 1 == upto, start);
         }
         // Records past the last mark (none, if the marks are right) are under its end.
-        if self.filling.conns.len() > self.filling.noted()
-            && let Some(&(_, end)) = marks.last().or(self.filling.ends.last())
-        {
+        if let Some(&(_, end)) = marks.last() {
+            self.mark_rest(end);
+        }
+        flow
+    }
+
+    /// Adds `conn`, which ended at `end` (the last of those that did if `last_at_end`), and
+    /// hands the batch over if that filled it.
+    fn push(
+        &mut self,
+        conn: Connection,
+        end: Ts,
+        last_at_end: bool,
+        start: Option<Ts>,
+    ) -> ControlFlow<()> {
+        self.filling.conns.push(conn);
+        let full = self.filling.conns.len() >= RECORDS;
+        if last_at_end || full {
             let n = self.filling.conns.len();
             self.filling.ends.push((n, end));
         }
-        flow
+        if full {
+            return self.hand_over(start);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Marks the records past the last mark as ended at `end`.
+    fn mark_rest(&mut self, end: Ts) {
+        let n = self.filling.conns.len();
+        if n > self.filling.noted() {
+            self.filling.ends.push((n, end));
+        }
     }
 
     /// The input is over: what waits in the engine is taken.
@@ -232,12 +250,7 @@ impl<R: Rows, O: Write + Send + 'static> RecordsBehind<R, O> {
         if self.failed.is_some() {
             return;
         }
-        self.filling.conns.push(conn);
-        if self.filling.conns.len() >= RECORDS {
-            let n = self.filling.conns.len();
-            self.filling.ends.push((n, end));
-            let _ = self.hand_over(start);
-        }
+        let _ = self.push(conn, end, false, start);
     }
 
     /// Hands over the rest, waits until every row is written, and says how writing went.
@@ -245,10 +258,7 @@ impl<R: Rows, O: Write + Send + 'static> RecordsBehind<R, O> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let n = self.filling.conns.len();
-        if n > self.filling.noted() {
-            self.filling.ends.push((n, end));
-        }
+        self.mark_rest(end);
         self.filling.start = start;
         let last = std::mem::replace(&mut self.filling, EMPTY);
         self.thread.finish(last)
