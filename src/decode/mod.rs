@@ -535,7 +535,22 @@ fn tcp_segment(
 }
 
 /// The window-scale shift from a TCP options area, if the option is there and whole.
-fn window_scale(mut options: &[u8]) -> Option<u8> {
+fn window_scale(options: &[u8]) -> Option<u8> {
+    // Linux's SYN and SYN-ACK with timestamps: MSS, SACK permitted, timestamps, NOP, window
+    // scale, at fixed places. Found without the walk below (a sixth of the decoding of short
+    // connections was that walk), and read as the walk would read them.
+    if let Some(o) = options.first_chunk::<20>()
+        && o[..2] == [2, 4]
+        && o[4..8] == [4, 2, 8, 10]
+        && o[16..19] == [1, 3, 3]
+    {
+        return Some(o[19]);
+    }
+    window_scale_walked(options)
+}
+
+/// `window_scale` by walking the options one by one.
+fn window_scale_walked(mut options: &[u8]) -> Option<u8> {
     while let Some(&kind) = options.first() {
         match kind {
             0 => return None,
@@ -689,6 +704,48 @@ mod tests {
             taken.get() > 100,
             "the fast path took only {} cases",
             taken.get()
+        );
+    }
+
+    /// The window scale found at Linux's fixed places is what the walk finds: on Linux's
+    /// options, with bytes changed, cut anywhere, or grown.
+    #[test]
+    fn window_scale_at_fixed_places_equals_the_walk() {
+        use proptest::prelude::*;
+        // MSS 65495, SACK permitted, timestamps, NOP, window scale 7: a Linux SYN on loopback.
+        const LINUX: [u8; 20] = [
+            2, 4, 0xff, 0xd7, 4, 2, 8, 10, 0, 1, 2, 3, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        assert_eq!(window_scale(&LINUX), Some(7));
+        let strategy = (
+            proptest::collection::vec((0usize..24, any::<u8>()), 0..3),
+            proptest::option::of(0usize..26),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        );
+        let fixed = std::cell::Cell::new(0);
+        crate::seeded_runner(20_000)
+            .run(&strategy, |(edits, cut, tail)| {
+                let mut options = LINUX.to_vec();
+                options.extend(tail);
+                for (at, byte) in edits {
+                    if let Some(b) = options.get_mut(at) {
+                        *b = byte;
+                    }
+                }
+                if let Some(at) = cut {
+                    options.truncate(at);
+                }
+                if options.len() >= 20 && options[16..19] == [1, 3, 3] {
+                    fixed.set(fixed.get() + 1);
+                }
+                prop_assert_eq!(window_scale(&options), window_scale_walked(&options));
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            fixed.get() > 1000,
+            "only {} cases at the fixed places",
+            fixed.get()
         );
     }
 

@@ -1286,8 +1286,10 @@ impl Connection {
     }
 
     fn note_syn_send(&mut self, side: Side, seg: &Segment, ts: Ts) {
-        let (syn_count, synack_count) = (self.syn_count(side), self.synack_count(side));
         let end = &mut self.ends[side.index()];
+        // What was sent before this one (what `syn_count` and `synack_count` say until the
+        // few connections that send more than one get their `SynResends`).
+        let sent_bits = end.syn_sent;
         end.set_isn(seg.seq);
         let after = seg.seq.wrapping_add(1);
         end.set_snd_nxt(end.snd_nxt().map_or(after, |n| seq::max(n, after)));
@@ -1311,8 +1313,8 @@ impl Connection {
         // A second send or later: allocate only for the few connections that send more than one.
         let r = self.rare_mut().syn_resends[side.index()].get_or_insert_with(|| {
             Box::new(SynResends {
-                syn_count,
-                synack_count,
+                syn_count: u32::from(sent_bits & SENT_SYN != 0),
+                synack_count: u32::from(sent_bits & SENT_SYNACK != 0),
                 last: first,
                 prev: first,
                 times: vec![first],
