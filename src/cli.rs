@@ -1313,6 +1313,8 @@ struct EventsFirstRead {
     first: Option<f64>,
     conns: Vec<EventsConn>,
     widths: events::TextWidths,
+    /// Where a row is made to measure its cells.
+    scratch: Vec<u8>,
 }
 
 /// 28 bytes a connection of the capture: the addresses are in each transition's key.
@@ -1389,11 +1391,13 @@ impl Watcher for EventsFirstRead {
                 .or_else(|| find_by_id(&ended, t.conn_id))
                 .map(events::ConnFacts::of);
             let t0 = self.t0();
+            let mut scratch = std::mem::take(&mut self.scratch);
             if let Some(facts) = facts
                 && let Some(entry) = self.entry(t.conn_id)
             {
-                entry.widths.add(t, &facts, t0);
+                entry.widths.add(t, &facts, t0, &mut scratch);
             }
+            self.scratch = scratch;
         }
         for c in &ended {
             self.ended(c);
@@ -2256,7 +2260,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             for t in &last.transitions {
                 if let Some(facts) = first.facts(t) {
                     let t0 = first.t0();
-                    first.widths.add(t, &facts, t0);
+                    first.widths.add(t, &facts, t0, &mut first.scratch);
                 }
             }
             let mut streaming = EventsFileStream::new(args.format, &first, args.write_every);

@@ -212,11 +212,11 @@ pub fn write_text_transitions(
             .filter_map(|t| Some((t, record_of(conns, t.conn_id)?)))
     };
     let mut widths = TextWidths::default();
+    let mut line = Vec::with_capacity(256);
     for (t, conn) in rows() {
-        widths.add(t, &ConnFacts::of(conn), t0);
+        widths.add(t, &ConnFacts::of(conn), t0, &mut line);
     }
     widths.write_header(out)?;
-    let mut line = Vec::with_capacity(256);
     for (t, conn) in rows() {
         line.clear();
         widths.push_line(&mut line, t, &ConnFacts::of(conn), t0);
@@ -237,12 +237,14 @@ impl Default for TextWidths {
 }
 
 impl TextWidths {
-    /// Widens the columns to fit the row of `t` (times relative to `t0`).
-    pub fn add(&mut self, t: &Transition, facts: &ConnFacts, t0: f64) {
-        let mut line = Vec::with_capacity(256);
-        let lens = push_event_line(&mut line, t, facts, t0, &[0; 7]);
-        for (w, len) in self.0.iter_mut().zip(lens) {
-            *w = (*w).max(u8::try_from(len).unwrap_or(u8::MAX));
+    /// Widens the columns to fit the row of `t` (times relative to `t0`), made in `scratch`.
+    /// The last column is never padded: its cell (the packet and its segment, most of the
+    /// line's digits) is left out.
+    pub fn add(&mut self, t: &Transition, facts: &ConnFacts, t0: f64, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        let lens = push_event_line(scratch, t, facts, t0, &[0; 7], false);
+        for (w, len) in self.0.iter_mut().zip(&lens[..7]) {
+            *w = (*w).max(u8::try_from(*len).unwrap_or(u8::MAX));
         }
     }
 
@@ -264,18 +266,20 @@ impl TextWidths {
 
     /// The line of `t` in a table of these widths, into `line`.
     pub fn push_line(&self, line: &mut Vec<u8>, t: &Transition, facts: &ConnFacts, t0: f64) {
-        push_event_line(line, t, facts, t0, &self.widths()[..7]);
+        push_event_line(line, t, facts, t0, &self.widths()[..7], true);
     }
 }
 
 /// One line of `write_text` into `line`, its first seven columns `widths` wide; returns the
-/// length of each cell. The line `write_table_line(cells(event_row(t, conn), t0))` makes.
+/// length of each cell. The line `write_table_line(cells(event_row(t, conn), t0))` makes;
+/// without its last cell unless `last_cell`.
 fn push_event_line(
     line: &mut Vec<u8>,
     t: &Transition,
     facts: &ConnFacts,
     t0: f64,
     widths: &[usize],
+    last_cell: bool,
 ) -> [usize; 8] {
     let room = widths.iter().sum::<usize>() + 2 * widths.len() + 128;
     let mut line = SpacedLine::new(line, room);
@@ -299,6 +303,10 @@ fn push_event_line(
     for name in [t.side.name(), t.from.name(), t.to.name(), t.event.name()] {
         line.put(name.as_bytes());
         next(&mut line, &mut cell_start);
+    }
+    if !last_cell {
+        line.finish();
+        return lens;
     }
     match (t.packet, facts.cause(t)) {
         (0, _) => line.put(b"(timer)"),
