@@ -1036,14 +1036,25 @@ struct ConnsRows {
     format: ConnsFormat,
     table: conns::TableStream,
     header_written: bool,
+    /// JSON lines being made, in one buffer for the run.
+    json: report::json::RowWriter,
+    /// Keep JSON lines across calls until a write's worth has built up (rows written on a
+    /// thread of their own, where nothing waits for them); else each call writes its own.
+    hold: bool,
 }
 
 impl ConnsRows {
-    fn new(format: ConnsFormat) -> ConnsRows {
+    /// JSON written at once when held: as large as the rows thread's `BufWriter`, which
+    /// passes such writes straight through rather than copying them in.
+    const JSON_WRITE: usize = report::records_behind::OUT_BUFFER;
+
+    fn new(format: ConnsFormat, hold: bool) -> ConnsRows {
         ConnsRows {
             format,
             table: conns::TableStream::new(),
             header_written: false,
+            json: report::json::RowWriter::default(),
+            hold,
         }
     }
 }
@@ -1072,7 +1083,13 @@ impl Rows for ConnsRows {
                 }
                 Ok(())
             }
-            _ => report::json::write_records_json_lines(out, conns, end),
+            _ => {
+                self.json.record_rows(out, conns, end, Self::JSON_WRITE)?;
+                if self.hold {
+                    return Ok(());
+                }
+                self.json.flush(out)
+            }
         }
     }
 
@@ -1084,7 +1101,8 @@ impl Rows for ConnsRows {
                 let none: [crate::analysis::ConnSummary; 0] = [];
                 report::write_csv_rows(out, &none, true)
             }
-            _ => Ok(()),
+            ConnsFormat::Csv => Ok(()),
+            _ => self.json.flush(out),
         }
     }
 }
@@ -1096,14 +1114,14 @@ impl ConnsStream {
     fn new(format: ConnsFormat, streams_in: bool) -> ConnsStream {
         let here = || ConnsOut::Here {
             stream: Stream::new(streams_in),
-            rows: ConnsRows::new(format),
+            rows: ConnsRows::new(format, false),
             batch: Vec::new(),
         };
         let out = if streams_in {
             here()
         } else {
             // Written here if no thread can be started.
-            RecordsBehind::new(ConnsRows::new(format), io::stdout())
+            RecordsBehind::new(ConnsRows::new(format, true), io::stdout())
                 .map_or_else(|_| here(), ConnsOut::Behind)
         };
         ConnsStream {

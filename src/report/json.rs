@@ -14,7 +14,7 @@ use crate::decode::SockAddr;
 use crate::flow::Connection;
 use crate::flow::conn::{Side, Transition};
 use crate::report::events::ConnFacts;
-use crate::report::line::write_digits;
+use crate::report::line::{push_first, write_digits};
 use crate::report::packet::flag_letters_in;
 use crate::time::{Dur, Ts, duration_secs, epoch_secs};
 
@@ -30,10 +30,7 @@ pub fn write_records_json_lines(
     end_of_capture: Ts,
 ) -> io::Result<()> {
     let mut w = RowWriter::with_capacity(conns.len().saturating_mul(800).min(CHUNK + 4096));
-    for c in conns {
-        w.record_row(c, end_of_capture);
-        w.flush_if_full(out)?;
-    }
+    w.record_rows(out, conns, end_of_capture, CHUNK)?;
     w.flush(out)
 }
 
@@ -62,7 +59,6 @@ const EPOCH_NANOS_EXACT: i64 = (1 << 51) * 1000;
 pub struct RowWriter {
     buf: Vec<u8>,
     float: zmij::Buffer,
-    int: itoa::Buffer,
 }
 
 impl Default for RowWriter {
@@ -76,7 +72,6 @@ impl RowWriter {
         RowWriter {
             buf: Vec::with_capacity(n),
             float: zmij::Buffer::new(),
-            int: itoa::Buffer::new(),
         }
     }
 
@@ -89,6 +84,24 @@ impl RowWriter {
     pub fn flush_if_full(&mut self, out: &mut dyn Write) -> io::Result<()> {
         if self.buf.len() >= CHUNK {
             self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    /// The lines of `conns` (`record_row`), written out whenever `limit` bytes have built
+    /// up; the rest stays for the next call or `flush`.
+    pub fn record_rows(
+        &mut self,
+        out: &mut dyn Write,
+        conns: &[Connection],
+        end_of_capture: Ts,
+        limit: usize,
+    ) -> io::Result<()> {
+        for c in conns {
+            self.record_row(c, end_of_capture);
+            if self.buf.len() >= limit {
+                self.flush(out)?;
+            }
         }
         Ok(())
     }
@@ -314,7 +327,7 @@ impl RowWriter {
     }
 
     #[inline]
-    fn opt_uint<I: itoa::Integer>(&mut self, n: Option<I>) {
+    fn opt_uint(&mut self, n: Option<impl Into<u64>>) {
         match n {
             Some(n) => self.uint(n),
             None => self.raw(b"null"),
@@ -327,9 +340,17 @@ impl RowWriter {
     }
 
     #[inline]
-    fn uint<I: itoa::Integer>(&mut self, n: I) {
-        let s = self.int.format(n);
-        self.buf.extend_from_slice(s.as_bytes());
+    fn uint(&mut self, n: impl Into<u64>) {
+        let n = n.into();
+        // Counters are mostly single digits.
+        if n < 10 {
+            self.buf.push(b'0' + n as u8);
+            return;
+        }
+        let len = n.ilog10() as usize + 1;
+        let mut text = [0u8; 20];
+        write_digits(&mut text[..len], n);
+        push_first(&mut self.buf, &text, len);
     }
 
     #[inline]
@@ -389,17 +410,21 @@ impl RowWriter {
         // The seconds, the point and six digits of fraction in a stack buffer, then the
         // fraction's trailing zeros dropped (one kept after the point): one copy into the
         // line, where pushes and a second integer formatting cost more than the digits.
-        let mut text = [0u8; 28];
-        let whole = self.int.format(secs).as_bytes();
-        text[..whole.len()].copy_from_slice(whole);
-        let point = whole.len();
+        let mut text = [0u8; 24];
+        // Below 2^33 s: at most 10 digits of seconds.
+        let point = if secs < 10 {
+            1
+        } else {
+            secs.ilog10() as usize + 1
+        };
+        write_digits(&mut text[..point], secs);
         text[point] = b'.';
         write_digits(&mut text[point + 1..point + 7], frac);
         let mut len = point + 7;
         while len > point + 2 && text[len - 1] == b'0' {
             len -= 1;
         }
-        self.buf.extend_from_slice(&text[..len]);
+        push_first(&mut self.buf, &text, len);
     }
 
     #[inline]

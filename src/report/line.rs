@@ -79,6 +79,16 @@ pub fn write_digits(digits: &mut [u8], mut v: u64) {
     }
 }
 
+/// Appends `text[..len]` by copying the whole of `text` and dropping the rest: a copy of a
+/// fixed size is a few moves, one of a varying length a call to `memcpy` (such calls were a
+/// fifth of the JSON rows' time).
+#[inline(always)]
+pub fn push_first<const N: usize>(buf: &mut Vec<u8>, text: &[u8; N], len: usize) {
+    let at = buf.len();
+    buf.extend_from_slice(text);
+    buf.truncate(at + len);
+}
+
 /// "00" to "99".
 static DIGIT_PAIRS: [u8; 200] = {
     let mut pairs = [0u8; 200];

@@ -273,7 +273,7 @@ impl Table {
 /// cost more than the rest of the row's numbers.
 pub fn push_ipv4_sock(out: &mut Vec<u8>, ip: std::net::Ipv4Addr, port: u16) {
     let (text, len) = ipv4_sock_text(ip, port);
-    out.extend_from_slice(&text[..len]);
+    line::push_first(out, &text, len);
 }
 
 /// The text of `push_ipv4_sock` in a stack buffer: the bytes and how many of them are used.
@@ -292,10 +292,14 @@ pub fn ipv4_sock_text(ip: std::net::Ipv4Addr, port: u16) -> ([u8; 21], usize) {
     }
     text[at] = b':';
     at += 1;
-    let mut int = itoa::Buffer::new();
-    let port = int.format(port).as_bytes();
-    text[at..at + port.len()].copy_from_slice(port);
-    (text, at + port.len())
+    let port = u64::from(port);
+    let len = if port < 10 {
+        1
+    } else {
+        port.ilog10() as usize + 1
+    };
+    line::write_digits(&mut text[at..at + len], port);
+    (text, at + len)
 }
 
 /// The decimal text of every byte value: its length and its digits.

@@ -11,6 +11,9 @@ use super::write_behind::{Behind, Work};
 use crate::flow::Connection;
 use crate::time::Ts;
 
+/// The thread's output buffer: writes at least this large go straight through it.
+pub const OUT_BUFFER: usize = 256 << 10;
+
 /// Makes the rows.
 pub trait Rows: Send + 'static {
     /// The rows of `conns`, which ended at `end` (the capture's first packet at `start`).
@@ -111,7 +114,7 @@ impl<R: Rows, O: Write + Send + 'static> RecordsBehind<R, O> {
     pub fn new(rows: R, out: O) -> io::Result<RecordsBehind<R, O>> {
         let work = RowsWork {
             rows,
-            out: BufWriter::with_capacity(256 << 10, out),
+            out: BufWriter::with_capacity(OUT_BUFFER, out),
         };
         Ok(RecordsBehind {
             thread: Behind::new("rows", work, Batch::new)?,
