@@ -1105,6 +1105,10 @@ impl Rows for ConnsRows {
             _ => self.json.flush(out),
         }
     }
+
+    fn release(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.json.flush(out)
+    }
 }
 
 impl ConnsStream {
@@ -2293,5 +2297,41 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             report_counters(args.input.quiet, &outcome, &source_end);
             finish_status(source_end.fault)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Segment;
+
+    /// `conns`' JSON rows on the rows thread are held back until a large write's worth has
+    /// built up, and put out whole by a release (a run that stops before its end) or the
+    /// tail; for live capture and standard input each call writes its own rows.
+    #[test]
+    fn held_json_rows_come_out_whole() {
+        let records: Vec<Connection> = (1..=100)
+            .map(|id| Connection::new(id, &Segment::NONE, Ts(id as i64)))
+            .collect();
+        let mut direct = Vec::new();
+        report::json::write_records_json_lines(&mut direct, &records, Ts(500)).unwrap();
+        for end in ["release", "tail"] {
+            let mut rows = ConnsRows::new(ConnsFormat::Json, true);
+            let mut out = Vec::new();
+            rows.write(&mut out, &records[..40], Ts(500), None).unwrap();
+            rows.write(&mut out, &records[40..], Ts(500), None).unwrap();
+            assert!(out.is_empty(), "{} bytes written before the end", out.len());
+            match end {
+                "release" => rows.release(&mut out).unwrap(),
+                _ => rows.tail(&mut out).unwrap(),
+            }
+            assert_eq!(out, direct, "after the {end}");
+        }
+        let mut rows = ConnsRows::new(ConnsFormat::Json, false);
+        let mut out = Vec::new();
+        rows.write(&mut out, &records[..40], Ts(500), None).unwrap();
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 40);
+        rows.write(&mut out, &records[40..], Ts(500), None).unwrap();
+        assert_eq!(out, direct);
     }
 }

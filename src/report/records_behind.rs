@@ -26,6 +26,11 @@ pub trait Rows: Send + 'static {
     ) -> io::Result<()>;
     /// After the last record.
     fn tail(&mut self, out: &mut dyn Write) -> io::Result<()>;
+    /// Rows made and held back (to write them in larger pieces), written without the tail:
+    /// what a run that stops before its end still puts out, as its `BufWriter` does.
+    fn release(&mut self, _out: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where records wait once they have ended: the engine.
@@ -69,9 +74,16 @@ impl Batch {
 }
 
 /// The thread's work: rows made and written to `out`.
-struct RowsWork<R, O: Write> {
+struct RowsWork<R: Rows, O: Write> {
     rows: R,
     out: BufWriter<O>,
+}
+
+impl<R: Rows, O: Write> Drop for RowsWork<R, O> {
+    fn drop(&mut self) {
+        // Before `out` flushes as it is dropped; errors here have no one to go to.
+        let _ = self.rows.release(&mut self.out);
+    }
 }
 
 impl<R: Rows, O: Write + Send + 'static> Work for RowsWork<R, O> {
@@ -343,6 +355,29 @@ mod tests {
         }
     }
 
+    /// `IdRows`' lines, held until the tail or a release.
+    #[derive(Default)]
+    struct HeldRows(Vec<u8>);
+
+    impl Rows for HeldRows {
+        fn write(
+            &mut self,
+            _out: &mut dyn Write,
+            conns: &[Connection],
+            end: Ts,
+            start: Option<Ts>,
+        ) -> io::Result<()> {
+            IdRows.write(&mut self.0, conns, end, start)
+        }
+        fn tail(&mut self, out: &mut dyn Write) -> io::Result<()> {
+            self.release(out)?;
+            writeln!(out, "tail")
+        }
+        fn release(&mut self, out: &mut dyn Write) -> io::Result<()> {
+            out.write_all(&std::mem::take(&mut self.0))
+        }
+    }
+
     /// A writer into shared bytes that fails with a broken pipe once `limit` bytes are in.
     #[derive(Clone)]
     struct Shared {
@@ -461,22 +496,29 @@ mod tests {
     }
 
     /// A run that fails before its end (a bad filter, found once the output is set up)
-    /// drops the output unfinished: what was handed over is written, and no tail after it.
+    /// drops the output unfinished: what was handed over is written, rows held back too,
+    /// and no tail after it.
     #[test]
     fn dropped_unfinished_writes_no_tail() {
         // Up to `AT_ONCE` go over together; more, a batch at a time, the last one not full.
         for (records, written) in [(0, 0), (3000, 3000), (6000, 5 * RECORDS)] {
-            let out = shared(usize::MAX);
-            let mut behind = RecordsBehind::new(IdRows, out.clone()).unwrap();
-            let mut engine = FakeEngine {
-                ended: (0..records).map(record).collect(),
-                now: Ts(7),
-            };
-            assert!(behind.after_packet(&mut engine, None).is_continue());
-            drop(behind);
-            let text = String::from_utf8(out.bytes.lock().unwrap().clone()).unwrap();
-            assert!(!text.contains("tail"), "{text:?}");
-            assert_eq!(text.lines().count(), written);
+            for held in [false, true] {
+                let out = shared(usize::MAX);
+                let mut engine = FakeEngine {
+                    ended: (0..records).map(record).collect(),
+                    now: Ts(7),
+                };
+                if held {
+                    let mut behind = RecordsBehind::new(HeldRows::default(), out.clone()).unwrap();
+                    assert!(behind.after_packet(&mut engine, None).is_continue());
+                } else {
+                    let mut behind = RecordsBehind::new(IdRows, out.clone()).unwrap();
+                    assert!(behind.after_packet(&mut engine, None).is_continue());
+                }
+                let text = String::from_utf8(out.bytes.lock().unwrap().clone()).unwrap();
+                assert!(!text.contains("tail"), "{text:?}");
+                assert_eq!(text.lines().count(), written, "rows held: {held}");
+            }
         }
     }
 
