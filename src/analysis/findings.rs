@@ -2,9 +2,11 @@
 //! evidence (connection ids, endpoints, first and last time), the likely cause in one
 //! sentence and what to check next. Rules read the tracked connection records only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+// foldhash, seeded per run: fast, and safe for the addresses live traffic chooses.
+use hashbrown::HashMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
