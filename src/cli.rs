@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
@@ -617,27 +617,115 @@ impl AddRecord for findings::DiagnoseBuilder {
     }
 }
 
-/// Hands every record to `builder` as it ends (on one thread or merged from several), and
-/// keeps none.
-struct AddEach<B: AddRecord> {
-    builder: B,
+/// Hands every record to a builder as it ends (on one thread or merged from several), and
+/// keeps none. A file read on one thread adds them on a thread of their own (`Adder`):
+/// the adding was a tenth of the engine thread's work.
+enum AddEach<B: AddRecord + Send + 'static> {
+    Here(B),
+    Behind {
+        records: RecordsBehind<Adder<B>, io::Sink>,
+        /// Where the builder comes back once the last record is added.
+        back: Arc<Mutex<Option<B>>>,
+    },
 }
 
-impl<B: AddRecord> Watcher for AddEach<B> {
-    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
-        if engine.has_ended() {
-            for c in engine.take_ended() {
-                self.builder.add(&c);
+impl<B: AddRecord + Send + 'static> AddEach<B> {
+    /// Live capture, standard input and `--threads` add here (a live capture's records come
+    /// slowly; the threads' merge has its own thread).
+    fn new(make: impl Fn() -> B, input: &InputArgs) -> AddEach<B> {
+        if input.streams_in() || input.threads > 1 {
+            return AddEach::Here(make());
+        }
+        let back = Arc::new(Mutex::new(None));
+        let adder = Adder {
+            builder: Some(make()),
+            back: Arc::clone(&back),
+        };
+        match RecordsBehind::new(adder, io::sink()) {
+            Ok(records) => AddEach::Behind { records, back },
+            // No thread can be started: added here.
+            Err(_) => AddEach::Here(make()),
+        }
+    }
+
+    /// The builder, every record added.
+    fn into_builder(self) -> Result<B, Failure> {
+        match self {
+            AddEach::Here(builder) => Ok(builder),
+            AddEach::Behind { records, back } => {
+                records
+                    .finish(Ts::default(), None)
+                    .map_err(|e| input_error(format!("adding up the records: {e}")))?;
+                Adder::take_back(&back)
+                    .ok_or_else(|| input_error("adding up the records: no result".into()))
             }
         }
-        ControlFlow::Continue(())
+    }
+}
+
+/// Adds the records handed to it (`Rows` on a `RecordsBehind` thread, writing nothing).
+struct Adder<B> {
+    builder: Option<B>,
+    back: Arc<Mutex<Option<B>>>,
+}
+
+impl<B> Adder<B> {
+    fn take_back(back: &Mutex<Option<B>>) -> Option<B> {
+        back.lock().ok().and_then(|mut b| b.take())
+    }
+}
+
+impl<B: AddRecord + Send + 'static> Rows for Adder<B> {
+    fn write(
+        &mut self,
+        _out: &mut dyn Write,
+        conns: &[Connection],
+        _end: Ts,
+        _start: Option<Ts>,
+    ) -> io::Result<()> {
+        if let Some(builder) = &mut self.builder {
+            for c in conns {
+                builder.add(c);
+            }
+        }
+        Ok(())
+    }
+    /// After the last record: the builder goes back.
+    fn tail(&mut self, _out: &mut dyn Write) -> io::Result<()> {
+        if let Ok(mut back) = self.back.lock() {
+            *back = self.builder.take();
+        }
+        Ok(())
+    }
+}
+
+impl<B: AddRecord + Send + 'static> Watcher for AddEach<B> {
+    fn after_packet(&mut self, engine: &mut Engine) -> ControlFlow<()> {
+        match self {
+            AddEach::Here(builder) => {
+                if engine.has_ended() {
+                    for c in engine.take_ended() {
+                        builder.add(&c);
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+            AddEach::Behind { records, .. } => records.after_packet(engine, None),
+        }
     }
     fn at_end(&mut self, engine: &mut Engine) {
-        // What ended with the last packet, if reading stopped before `after_packet` ran.
+        // What ended with the last packet, if reading stopped before `after_packet` ran
+        // (and what waits in the engine for a batch).
         let _ = self.after_packet(engine);
+        if let AddEach::Behind { records, .. } = self {
+            records.at_end(engine, None);
+        }
     }
     fn at_finish(&mut self, conn: Connection) -> Option<Connection> {
-        self.builder.add(&conn);
+        match self {
+            AddEach::Here(builder) => builder.add(&conn),
+            AddEach::Behind { records, .. } => records.finished(conn, Ts::default(), None),
+        }
         None
     }
     fn keeps_every_record(&self) -> bool {
@@ -645,17 +733,21 @@ impl<B: AddRecord> Watcher for AddEach<B> {
     }
 }
 
-impl<B: AddRecord> MergedSink for AddEach<B> {
-    fn ended(&mut self, conns: &mut Vec<Connection>, _: Ts, _: Option<Ts>) -> ControlFlow<()> {
-        for c in conns.drain(..) {
-            self.builder.add(&c);
+impl<B: AddRecord + Send + 'static> MergedSink for AddEach<B> {
+    fn ended(&mut self, conns: &mut Vec<Connection>, now: Ts, _: Option<Ts>) -> ControlFlow<()> {
+        match self {
+            AddEach::Here(builder) => {
+                for c in conns.drain(..) {
+                    builder.add(&c);
+                }
+                ControlFlow::Continue(())
+            }
+            AddEach::Behind { records, .. } => records.taken(conns, now, None),
         }
-        ControlFlow::Continue(())
     }
     fn at_end(&mut self, _end: Option<Ts>, _first: Option<Ts>) {}
     fn finished(&mut self, conn: Connection) -> Option<Connection> {
-        self.builder.add(&conn);
-        None
+        Watcher::at_finish(self, conn)
     }
 }
 
@@ -2176,11 +2268,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 syn_flood: args.syn_flood,
             };
             // Each record is added to the findings as it ends, and dropped.
-            let mut adding = AddEach {
-                builder: findings::DiagnoseBuilder::new(cfg),
-            };
+            let mut adding = AddEach::new(|| findings::DiagnoseBuilder::new(cfg), &args.input);
             let (outcome, source_end) = run_threaded(&args.input, None, &mut adding)?;
-            let found = adding.builder.finish(&outcome);
+            let found = adding.into_builder()?.finish(&outcome);
             let start = outcome.first_ts.map(report::secs);
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_findings_text(out, &found, start),
@@ -2195,11 +2285,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(usage("summary has no CSV form: use --format json".into()));
             }
             // Each record is added up as it ends: only its durations are kept, not the record.
-            let mut adding = AddEach {
-                builder: summary::SummaryBuilder::default(),
-            };
+            let mut adding = AddEach::new(summary::SummaryBuilder::default, &args.input);
             let (outcome, source_end) = run_threaded(&args.input, None, &mut adding)?;
-            let sum = adding.builder.finish();
+            let sum = adding.into_builder()?.finish();
             write_out(|out| match args.format {
                 Format::Text => diagnose::write_summary_text(out, &sum),
                 Format::Json => report::write_json_lines(out, std::slice::from_ref(&sum)),
