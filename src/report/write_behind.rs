@@ -5,7 +5,8 @@
 //!   chunks, and copied into the kernel there (`write`; for a file a copy into the page cache
 //!   as long as the formatting);
 //! - whole records (`conns` of a file: `cli`'s rows), formatted there too: the rows of short
-//!   connections were a fifth of the engine thread's time.
+//!   connections were a fifth of the engine thread's time; or added up there (`summary` and
+//!   `diagnose` of a file, whose builder comes back at the end).
 //!
 //! The mirror of `capture::read_ahead`.
 
