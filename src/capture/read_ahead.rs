@@ -22,9 +22,24 @@ pub const HEADROOM: usize = 64 << 10;
 /// stays a few MiB.
 const AHEAD: usize = 2;
 
-/// What the thread sends: a chunk and how many bytes were read into it past `HEADROOM` (none
-/// at the end of the input), or the error that ended it. Chunks keep their full length, so
-/// that refilling one never writes zeros over it first.
+/// The kernel's copy of a file into memory is four times slower (AMD EPYC here: 0.26 s
+/// against 0.06 s for short.pcap) when the destination is not at a multiple of 64 bytes from
+/// the source's place in the file, as a `Vec`'s 16-byte-aligned bytes are not; reads are at
+/// multiples of `CHUNK` into the file, so each chunk's bytes start at a 64-byte boundary.
+const ALIGN: usize = 64;
+
+/// Bytes of a chunk: its headroom, room to align, its `CHUNK`.
+const CHUNK_LEN: usize = HEADROOM + ALIGN + CHUNK;
+
+/// Where a chunk's bytes start: past `HEADROOM`, at a multiple of `ALIGN` in memory.
+fn data_start(chunk: &[u8]) -> usize {
+    let pad = chunk.as_ptr().wrapping_add(HEADROOM).align_offset(ALIGN);
+    HEADROOM + pad.min(ALIGN)
+}
+
+/// What the thread sends: a chunk and how many bytes were read into it from `data_start`
+/// (none at the end of the input), or the error that ended it. Chunks keep their full
+/// length, so that refilling one never writes zeros over it first.
 type Chunk = io::Result<(Vec<u8>, usize)>;
 
 pub struct ReadAhead {
@@ -81,12 +96,13 @@ fn fill(mut input: impl Read, chunks: &SyncSender<Chunk>, spent: &Receiver<Vec<u
                 Err(RecvTimeoutError::Timeout) => Vec::new(),
             },
         };
-        if chunk.len() != HEADROOM + CHUNK {
-            chunk = vec![0; HEADROOM + CHUNK];
+        if chunk.len() != CHUNK_LEN {
+            chunk = vec![0; CHUNK_LEN];
             made += 1;
         }
+        let start = data_start(&chunk);
         let read = loop {
-            match input.read(&mut chunk[HEADROOM..]) {
+            match input.read(&mut chunk[start..start + CHUNK]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
@@ -137,7 +153,10 @@ impl ReadAhead {
                 self.over = true;
                 Ok(None)
             }
-            Ok(Ok((chunk, n))) => Ok(Some((chunk, HEADROOM, HEADROOM + n))),
+            Ok(Ok((chunk, n))) => {
+                let start = data_start(&chunk);
+                Ok(Some((chunk, start, start + n)))
+            }
             Ok(Err(e)) => {
                 self.over = true;
                 Err(e)
@@ -265,6 +284,38 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    /// Chunks walked in place hold the input's bytes from a 64-byte boundary in memory, as
+    /// the file was read into them, with at least `HEADROOM` in front.
+    #[test]
+    fn chunks_start_at_64_byte_boundaries() {
+        let bytes: Vec<u8> = (0..3 * CHUNK + 123)
+            .map(|i| (i * 13 + i / 509) as u8)
+            .collect();
+        let input = Pieces {
+            bytes: bytes.clone(),
+            at: 0,
+            sizes: vec![CHUNK],
+            turn: 0,
+            fail: None,
+            interrupt_every: 0,
+        };
+        let Ok(mut ahead) = ReadAhead::new(input) else {
+            panic!("no thread");
+        };
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while let Some((chunk, start, filled)) = ahead.next_chunk().ok().flatten() {
+            assert!(start >= HEADROOM && filled - start <= CHUNK && filled <= chunk.len());
+            let addr = chunk[start..].as_ptr() as usize;
+            assert_eq!(addr % ALIGN, 0, "chunk {chunks}'s bytes at {addr:#x}");
+            got.extend_from_slice(&chunk[start..filled]);
+            chunks += 1;
+            ahead.give_back(chunk);
+        }
+        assert_eq!(chunks, 4);
+        assert!(got == bytes, "{} bytes read of {}", got.len(), bytes.len());
     }
 
     /// A reader that stops early (it dropped the `ReadAhead`) stops the thread: it does not
