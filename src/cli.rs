@@ -354,8 +354,6 @@ enum Source<'a> {
 }
 
 impl InputArgs {
-    /// Packets arrive over time (a live capture, or a pipe on standard input): output is
-    /// flushed record by record.
     /// Whether every input is a regular file (a pipe or FIFO gives its bytes only once).
     fn files_can_be_read_twice(&self) -> bool {
         self.files
@@ -363,8 +361,15 @@ impl InputArgs {
             .all(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()))
     }
 
+    /// Packets arrive over time (a live capture, or a pipe on standard input): output is
+    /// flushed record by record. Standard input redirected from a file (`-r - < x.pcap`) is
+    /// read as a file is.
     fn streams_in(&self) -> bool {
-        self.interface.is_some() || self.files.iter().any(|f| f == "-")
+        self.interface.is_some() || (self.reads_stdin() && !file::stdin_is_a_file())
+    }
+
+    fn reads_stdin(&self) -> bool {
+        self.files.iter().any(|f| f == "-")
     }
 
     fn source(&self) -> Source<'_> {
@@ -2297,7 +2302,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             finish_status(source_end.fault)
         }
         Command::Top(args) => run_top(&args.input),
-        Command::Events(args) if args.input.streams_in() => {
+        // Standard input is read once, even from a file: its events are written as they come.
+        Command::Events(args) if args.input.streams_in() || args.input.reads_stdin() => {
             let keep = Keep {
                 transitions: true,
                 ..Keep::default()

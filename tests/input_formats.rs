@@ -524,6 +524,75 @@ fn standard_input() {
     );
 }
 
+/// Runs tcpstate with standard input redirected from the file at `path` (as `< path`).
+fn tcpstate_with_stdin_file(args: &[&str], path: &Path) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcpstate"))
+        .args(args)
+        .stdin(std::fs::File::open(path).expect("open the capture"))
+        .output()
+        .expect("run tcpstate");
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Standard input redirected from a file is read as a file is (read ahead, rows written
+/// behind, `--threads` allowed): the same bytes out as the file named and as a pipe; `events`
+/// still reads it once and writes as it goes, as from a pipe.
+#[test]
+fn standard_input_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = read_pcap("mixed.pcap");
+    let mut ng = Ng::new();
+    ng.shb(false).idb(1, None);
+    for r in &recs {
+        ng.epb(0, r.micros(), r.orig_len, &r.data);
+    }
+    let ng_path = dir.path().join("mixed.pcapng");
+    std::fs::write(&ng_path, &ng.out).unwrap();
+    let empty = dir.path().join("empty.pcap");
+    std::fs::write(&empty, b"").unwrap();
+    for path in [
+        original("mixed.pcap"),
+        original("bulk_download.pcap"),
+        ng_path,
+    ] {
+        let bytes = std::fs::read(&path).unwrap();
+        let runs: [&[&str]; 5] = [
+            &["conns", "-q"],
+            &["conns", "-q", "--format", "json"],
+            &["conns", "-q", "--threads", "2"],
+            &["diagnose", "-q"],
+            &["events", "-q"],
+        ];
+        for args in runs {
+            let named = tcpstate(&[args, &["-r", path.to_str().unwrap()]].concat());
+            let piped = tcpstate_with_stdin(&[args, &["-r", "-"]].concat(), Some(&bytes));
+            let redirected = tcpstate_with_stdin_file(&[args, &["-r", "-"]].concat(), &path);
+            let what = format!("{args:?} on {}", path.display());
+            assert_eq!(redirected.code, 0, "{what}: {}", redirected.stderr);
+            assert!(!redirected.stdout.is_empty(), "{what}: nothing written");
+            if args[0] == "events" {
+                assert_eq!(redirected.stdout, piped.stdout, "{what}: as from a pipe");
+            } else {
+                assert_eq!(redirected.stdout, named.stdout, "{what}: as the file named");
+                if !args.contains(&"--threads") {
+                    assert_eq!(piped.stdout, named.stdout, "{what}: a pipe as the file");
+                }
+            }
+        }
+    }
+    let run = tcpstate_with_stdin_file(&["conns", "-r", "-", "-q"], &empty);
+    assert_eq!(run.code, 1, "empty stdin: {}", run.stderr);
+    assert!(
+        run.stderr.contains("<stdin>") && run.stderr.contains("empty"),
+        "{}",
+        run.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9: snap length
 

@@ -124,7 +124,11 @@ pub fn read_files(
             kind,
         };
         let input = if path == "-" {
-            Input::Plain(Box::new(std::io::stdin()))
+            // Redirected from a file: read ahead as a file is.
+            match stdin_file().map(ReadAhead::new) {
+                Some(Ok(ahead)) => Input::Ahead(ahead),
+                _ => Input::Plain(Box::new(std::io::stdin())),
+            }
         } else {
             let file = File::open(path).map_err(|e| err(CaptureErrorKind::Open(e.to_string())))?;
             // Read on a thread of its own a chunk ahead; directly if it cannot be.
@@ -143,6 +147,20 @@ pub fn read_files(
         }
     }
     Ok(())
+}
+
+/// Standard input as a `File` if it is a regular file (`-r - < x.pcap`), not a pipe, FIFO
+/// or terminal.
+fn stdin_file() -> Option<File> {
+    use std::os::fd::AsFd;
+    let file = File::from(std::io::stdin().as_fd().try_clone_to_owned().ok()?);
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
+/// Whether standard input is a regular file: then it is read as a named file is, and what
+/// is written need not be flushed record by record.
+pub fn stdin_is_a_file() -> bool {
+    stdin_file().is_some()
 }
 
 /// Reads one capture (pcap or pcapng) from any reader, e.g. a byte slice; `source` names it
