@@ -675,6 +675,8 @@ fn walk_records<const BIG_ENDIAN: bool>(
     let mut at = 0;
     let mut end = first_bytes.len();
     let mut offset: u64 = 24;
+    // Bytes of the input read so far (the header and `first_bytes` before this loop).
+    let mut read_so_far = 24 + first_bytes.len();
     let mut packets: u64 = 0;
     let mut at_eof = false;
     // A second cursor, `ahead_n` records past `at` (counting the one there), shows each
@@ -781,11 +783,21 @@ fn walk_records<const BIG_ENDIAN: bool>(
             }
             return Err(CaptureErrorKind::Truncated { offset, packets });
         }
-        // Move the partial record to the front.
-        buf.copy_within(at..end, 0);
-        end -= at;
-        ahead_at -= at;
-        at = 0;
+        // Move the partial record to the front, or just past it so that the read lands at
+        // a multiple of 64 bytes from its place in the input: the kernel copies into such a
+        // place four times faster (see `read_ahead::ALIGN`).
+        let unfinished = end - at;
+        let shift = read_so_far
+            .wrapping_sub(buf.as_ptr() as usize + unfinished)
+            .rem_euclid(64);
+        let shift = if shift + unfinished < buf.len() {
+            shift
+        } else {
+            0
+        };
+        buf.copy_within(at..end, shift);
+        ahead_at = ahead_at - at + shift;
+        (at, end) = (shift, shift + unfinished);
         if end == buf.len() {
             // It fills the buffer: grow as its bytes come, not by its length field, which
             // may claim 64 MiB in a file of a few bytes.
@@ -798,7 +810,10 @@ fn walk_records<const BIG_ENDIAN: bool>(
         loop {
             match input.read(&mut buf[end..]) {
                 Ok(0) => at_eof = true,
-                Ok(n) => end += n,
+                Ok(n) => {
+                    end += n;
+                    read_so_far = read_so_far.wrapping_add(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // pcap-parser's message, kept.
                 Err(_) => return Err(CaptureErrorKind::Read("ReadError".into())),
@@ -1039,6 +1054,55 @@ mod tests {
             .map(|(i, data)| rec(i as u32, 0, data.clone()))
             .collect();
         frames_ahead_are_right(&pcap(false, false, 65535, 1, &recs), &frames);
+    }
+
+    /// Read from a reader (a pipe, standard input), each refill lands at a multiple of 64
+    /// bytes in memory from its place in the input, once the header is read; the packets are
+    /// those of the file.
+    #[test]
+    fn refills_land_at_64_bytes_from_their_place_in_the_input() {
+        struct Watched<'a> {
+            bytes: &'a [u8],
+            at: usize,
+            reads: usize,
+            misplaced: Vec<(usize, usize)>,
+        }
+        impl Read for Watched<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.reads += 1;
+                // The first reads are the header's, into a buffer of its own.
+                if self.reads > 2
+                    && !(buf.as_ptr() as usize)
+                        .wrapping_sub(self.at)
+                        .is_multiple_of(64)
+                {
+                    self.misplaced.push((self.at, buf.as_ptr() as usize % 64));
+                }
+                // Pieces of odd sizes, as a pipe gives them.
+                let n = buf.len().min(99_991).min(self.bytes.len() - self.at);
+                buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+                self.at += n;
+                Ok(n)
+            }
+        }
+        let frames = numbered_frames(40_000);
+        let recs: Vec<_> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, data)| rec(i as u32, 0, data.clone()))
+            .collect();
+        let bytes = pcap(false, false, 65535, 1, &recs);
+        let mut watched = Watched {
+            bytes: &bytes,
+            at: 0,
+            reads: 0,
+            misplaced: Vec::new(),
+        };
+        let got = run(plain(&mut watched), None, false);
+        assert_eq!(got, new_reader(&bytes));
+        assert_eq!(got.packets.len(), frames.len());
+        assert!(watched.reads > 20, "{} reads", watched.reads);
+        assert!(watched.misplaced.is_empty(), "{:?}", watched.misplaced);
     }
 
     /// `n` frames of 20-219 bytes, each starting with its number.
