@@ -1047,13 +1047,8 @@ mod tests {
     #[test]
     fn packets_are_shown_the_frame_ahead() {
         // 40,000 records (about 5 MiB).
-        let frames = numbered_frames(40_000);
-        let recs: Vec<Rec> = frames
-            .iter()
-            .enumerate()
-            .map(|(i, data)| rec(i as u32, 0, data.clone()))
-            .collect();
-        frames_ahead_are_right(&pcap(false, false, 65535, 1, &recs), &frames);
+        let (frames, bytes) = numbered_pcap(40_000);
+        frames_ahead_are_right(&bytes, &frames);
     }
 
     /// Read from a reader (a pipe, standard input), each refill lands at a multiple of 64
@@ -1085,13 +1080,7 @@ mod tests {
                 Ok(n)
             }
         }
-        let frames = numbered_frames(40_000);
-        let recs: Vec<_> = frames
-            .iter()
-            .enumerate()
-            .map(|(i, data)| rec(i as u32, 0, data.clone()))
-            .collect();
-        let bytes = pcap(false, false, 65535, 1, &recs);
+        let (frames, bytes) = numbered_pcap(40_000);
         let mut watched = Watched {
             bytes: &bytes,
             at: 0,
@@ -1114,6 +1103,18 @@ mod tests {
                 data
             })
             .collect()
+    }
+
+    /// `numbered_frames(n)` and a classic pcap of them (Ethernet, microseconds).
+    fn numbered_pcap(n: u32) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let frames = numbered_frames(n);
+        let recs: Vec<Rec> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, data)| rec(i as u32, 0, data.clone()))
+            .collect();
+        let bytes = pcap(false, false, 65535, 1, &recs);
+        (frames, bytes)
     }
 
     /// Reads `bytes` (whose packets are `frames`, numbered) whole and trickled: each packet
