@@ -635,7 +635,7 @@ enum AddEach<B: AddRecord + Send + 'static> {
 }
 
 impl<B: AddRecord + Send + 'static> AddEach<B> {
-    /// Live capture, standard input and `--threads` add here (a live capture's records come
+    /// Live capture, a pipe on standard input and `--threads` add here (a live capture's records come
     /// slowly; the threads' merge has its own thread).
     fn new(make: impl Fn() -> B, input: &InputArgs) -> AddEach<B> {
         if input.streams_in() || input.threads > 1 {
@@ -819,7 +819,7 @@ fn run_sharded(
 ) -> Result<(Outcome, SourceEnd), Failure> {
     if input.streams_in() {
         return Err(usage(
-            "--threads reads files: not a live capture or standard input".into(),
+            "--threads reads files: not a live capture or a pipe on standard input".into(),
         ));
     }
     let filter = compile_filter(input)?;
