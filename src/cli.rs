@@ -635,8 +635,8 @@ enum AddEach<B: AddRecord + Send + 'static> {
 }
 
 impl<B: AddRecord + Send + 'static> AddEach<B> {
-    /// Live capture, a pipe on standard input and `--threads` add here (a live capture's records come
-    /// slowly; the threads' merge has its own thread).
+    /// Live capture, a pipe on standard input and `--threads` add here (a live capture's
+    /// records come slowly; the threads' merge has its own thread).
     fn new(make: impl Fn() -> B, input: &InputArgs) -> AddEach<B> {
         if input.streams_in() || input.threads > 1 {
             return AddEach::Here(make());
